@@ -1,0 +1,166 @@
+"""Run checkpoints: atomic writes, keep-last-K, safe loading and resume discovery.
+
+A checkpoint is a plain dict of tensors and Python scalars/strings, so it loads with
+``torch.load(weights_only=True)``; foreign checkpoints (official SwAV/DINO) go through
+``common.models.pretrained`` with an explicit allow-list instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STEP_FILE = re.compile(r"^checkpoint_(\d{8})\.pth$")
+LAST = "last.pth"
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``.
+
+    A kill at any moment leaves either the old complete file or the new complete file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_file(path: str | Path) -> dict:
+    """Load one of our checkpoints with ``weights_only=True``; unreadable -> UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, foreign objects...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"checkpoint {path} is corrupt or not a suave-daino checkpoint: {first}"
+        ) from None
+    if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
+        raise UserError(f"checkpoint {path} is not a suave-daino training checkpoint")
+    return obj
+
+
+def checkpoint_files(ckpt_dir: Path) -> list[Path]:
+    """Step checkpoints, newest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    files = [p for p in ckpt_dir.iterdir() if STEP_FILE.match(p.name)]
+    return sorted(files, key=lambda p: int(STEP_FILE.match(p.name).group(1)), reverse=True)
+
+
+def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3) -> Path:
+    """Write ``checkpoint_<step>.pth`` and ``last.pth``, then prune to the newest ``keep``."""
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / f"checkpoint_{step:08d}.pth"
+    atomic_save(state, path)
+    tmp_link = ckpt_dir / f".{LAST}.link"
+    tmp_link.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp_link)  # same bytes, no second write
+        os.replace(tmp_link, ckpt_dir / LAST)
+    except OSError:
+        atomic_save(state, ckpt_dir / LAST)
+    for old in checkpoint_files(ckpt_dir)[max(keep, 1) :]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(ckpt_dir: str | Path) -> tuple[dict, Path] | None:
+    """Newest loadable checkpoint; corrupt ones are reported and skipped, older ones tried."""
+    ckpt_dir = Path(ckpt_dir)
+    candidates = [ckpt_dir / LAST] if (ckpt_dir / LAST).is_file() else []
+    candidates += checkpoint_files(ckpt_dir)
+    for path in candidates:
+        try:
+            return load_file(path), path
+        except UserError as err:
+            log.warning("%s; trying an older checkpoint", err)
+    return None
+
+
+def check_compatible(ckpt: dict, expected: dict, path: str | Path) -> None:
+    """Refuse a checkpoint of another method / architecture / class count, in one line."""
+    meta = ckpt.get("meta", {})
+    for key in ("method", "backbone", "num_classes"):
+        if key in expected and meta.get(key) != expected[key]:
+            raise UserError(
+                f"checkpoint {path} was made with {key}={meta.get(key)!r}, "
+                f"but this run has {key}={expected[key]!r}"
+            )
+
+
+def load_state_strict(module: torch.nn.Module, state: dict, path: str | Path, what: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line message instead of a long traceback."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise UserError(f"checkpoint {path} does not fit the {what}: {detail[:300]}") from None
+
+
+def select_weights(ckpt: dict, prefixes: dict[str, str]) -> dict:
+    """Tensors of ``ckpt['model']`` whose key starts with a source prefix, renamed to its target.
+
+    ``{"net.backbone.": "backbone."}`` picks the backbone of one of our checkpoints for a module
+    whose backbone lives under ``backbone.``.
+    """
+    out = {}
+    for key, value in ckpt["model"].items():
+        for src, dst in prefixes.items():
+            if key.startswith(src):
+                out[dst + key[len(src) :]] = value
+    return out
+
+
+def load_partial(module: torch.nn.Module, weights: dict, path, what: str) -> list[str]:
+    """Load ``weights`` into ``module``: every given tensor must exist with the right shape.
+
+    Returns the module's keys that were *not* provided (e.g. a fresh classifier).
+    """
+    own = module.state_dict()
+    unknown = [k for k in weights if k not in own]
+    if unknown:
+        raise UserError(f"checkpoint {path} has {what} tensor '{unknown[0]}' that this model lacks")
+    wrong = [k for k in weights if tuple(weights[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise UserError(
+            f"checkpoint {path}: {len(wrong)} {what} tensors have the wrong shape, e.g. {k} "
+            f"{list(weights[k].shape)} vs {list(own[k].shape)} (another architecture?)"
+        )
+    module.load_state_dict(weights, strict=False)
+    return [k for k in own if k not in weights]

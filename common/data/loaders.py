@@ -1,0 +1,346 @@
+"""Labeled and unlabeled data iterated together, one batch per step, reproducibly.
+
+One DataLoader serves both streams: for every step, the batch sampler emits this rank's keys for
+the unlabeled images (an epoch-wise permutation of all training images) and for the labeled ones
+(an endless chain of permutations of the labeled subset). Keys carry the global step and the
+position in the *global* batch, which seeds each sample's augmentations. Consequences:
+- resuming at step s restarts the sampler at s: same images, same crops, nothing re-read;
+- W processes with per-rank batch B see exactly what 1 process with batch W*B sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from common.data.sources import build_source
+from common.data.splits import labels_per_class_split, subset_from_list
+from common.data.transforms import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    MultiCrop,
+    ViewSpec,
+    ViewTransform,
+)
+from common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["imagefolder", "imagenet", "cifar10", "cifar100"] = "imagefolder"
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    download: bool = False
+    # labeled subset: N images per class (seeded) or a SimCLR list file; neither = no labels
+    labels_per_class: int | None = None
+    label_list: str | None = None
+    split_seed: int = 0
+    normalization: Literal["imagenet", "cifar"] = "imagenet"
+    # multi-crop
+    num_global: int = 2
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.14, 1.0)
+    num_local: int = 6
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.14)
+    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
+    global_blur: tuple[float, float] = (0.5, 0.5)
+    global_solarize: tuple[float, float] = (0.0, 0.0)
+    local_blur: float = 0.5
+    # labeled views
+    labeled_size: int = 224
+    labeled_scale: tuple[float, float] = (0.08, 1.0)
+    labeled_aug: Literal["strong", "light"] = "strong"
+    # evaluation
+    eval_size: int = 224
+    eval_resize: int = 256
+    # loading
+    num_workers: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+    bad_images: Literal["fail", "skip"] = "fail"
+
+    def validate(self) -> None:
+        if self.labels_per_class is not None and self.label_list is not None:
+            raise UserError("set data.labels_per_class or data.label_list, not both")
+        if self.num_global < 1:
+            raise UserError("data.num_global must be at least 1")
+        if self.num_local < 0 or self.num_workers < 0:
+            raise UserError("data.num_local and data.num_workers must be >= 0")
+        for name in ("global_scale", "local_scale", "labeled_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise UserError(f"data.{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
+        for name in ("global_size", "local_size", "labeled_size", "eval_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"data.{name} must be positive")
+
+    @property
+    def mean_std(self):
+        if self.normalization == "cifar":
+            return CIFAR_MEAN, CIFAR_STD
+        return IMAGENET_MEAN, IMAGENET_STD
+
+    def view_specs(self) -> list[ViewSpec]:
+        """Global crops then local crops (SwAV/DINO order)."""
+        specs = []
+        for i in range(self.num_global):
+            specs.append(
+                ViewSpec(
+                    self.global_size,
+                    self.global_scale,
+                    jitter=self.jitter,
+                    blur_prob=self.global_blur[min(i, len(self.global_blur) - 1)],
+                    solarize_prob=self.global_solarize[min(i, len(self.global_solarize) - 1)],
+                )
+            )
+        local = ViewSpec(
+            self.local_size, self.local_scale, jitter=self.jitter, blur_prob=self.local_blur
+        )
+        return specs + [local] * self.num_local
+
+    def labeled_spec(self) -> ViewSpec:
+        if self.labeled_aug == "light":  # fine-tuning: crop + flip only
+            return ViewSpec(
+                self.labeled_size,
+                self.labeled_scale,
+                jitter=(0, 0, 0, 0),
+                grayscale_prob=0.0,
+                blur_prob=0.0,
+            )
+        return ViewSpec(
+            self.labeled_size,
+            self.labeled_scale,
+            jitter=self.jitter,
+            blur_prob=self.global_blur[0],
+        )
+
+
+def sample_seed(run_seed: int, stream: int, step: int, position: int) -> np.random.Generator:
+    return np.random.default_rng([run_seed, stream, step, position])
+
+
+class StepBatchSampler(Sampler):
+    """Yields, per step of one epoch, this rank's list of sample keys.
+
+    Key: (stream, index, global_step, position) with stream 0 = unlabeled, 1 = labeled.
+    """
+
+    def __init__(
+        self,
+        num_unlabeled: int,
+        labeled_indices: np.ndarray,
+        batch_unlabeled: int,
+        batch_labeled: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+    ):
+        self.n_u = num_unlabeled
+        self.labeled = np.asarray(labeled_indices, dtype=np.int64)
+        self.b_u, self.b_l = batch_unlabeled, batch_labeled if len(self.labeled) else 0
+        self.rank, self.world = rank, world_size
+        self.seed = seed
+        self.steps_per_epoch = num_unlabeled // (batch_unlabeled * world_size)
+        if self.steps_per_epoch < 1:
+            raise UserError(
+                f"{num_unlabeled} unlabeled images are fewer than one global batch "
+                f"({batch_unlabeled} x {world_size} processes)"
+            )
+        self.epoch, self.start_iter = 0, 0
+        self._labeled_perm_cache: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int, start_iter: int = 0) -> None:
+        self.epoch, self.start_iter = epoch, start_iter
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_iter
+
+    def _labeled_perm(self, k: int) -> np.ndarray:
+        if k not in self._labeled_perm_cache:
+            rng = np.random.default_rng([self.seed, 1, k])
+            self._labeled_perm_cache = {k: self.labeled[rng.permutation(len(self.labeled))]}
+        return self._labeled_perm_cache[k]
+
+    def _labeled_batch(self, step: int) -> list[int]:
+        n = len(self.labeled)
+        start = step * self.b_l * self.world + self.rank * self.b_l
+        return [int(self._labeled_perm(t // n)[t % n]) for t in range(start, start + self.b_l)]
+
+    def __iter__(self):
+        perm = np.random.default_rng([self.seed, 0, self.epoch]).permutation(self.n_u)
+        global_u = self.b_u * self.world
+        for it in range(self.start_iter, self.steps_per_epoch):
+            step = self.epoch * self.steps_per_epoch + it
+            base_u = it * global_u + self.rank * self.b_u
+            keys = [
+                (0, int(perm[base_u + j]), step, self.rank * self.b_u + j) for j in range(self.b_u)
+            ]
+            labeled = self._labeled_batch(step) if self.b_l else []
+            keys += [(1, idx, step, self.rank * self.b_l + j) for j, idx in enumerate(labeled)]
+            yield keys
+
+
+class SemiSupervisedDataset(Dataset):
+    """Maps a sample key to (stream, views, target, bad-image count)."""
+
+    def __init__(self, source, multicrop: MultiCrop, labeled_view, seed: int, bad_images="fail"):
+        self.source, self.multicrop, self.labeled_view = source, multicrop, labeled_view
+        self.seed, self.bad_images = seed, bad_images
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _load(self, index: int):
+        """Image of ``index``; with bad_images=skip a corrupt file is replaced by the next one."""
+        bad = 0
+        for attempt in range(len(self.source)):
+            current = (index + attempt) % len(self.source)
+            try:
+                return self.source.load(current), bad
+            except UserError:
+                if self.bad_images != "skip":
+                    raise
+                bad += 1
+                log.warning("skipping corrupt image %s", self.source.names[current])
+        raise UserError("every image of the data set failed to load")
+
+    def __getitem__(self, key):
+        stream, index, step, position = key
+        img, bad = self._load(index)
+        rng = sample_seed(self.seed, 2 + stream, step, position)
+        if stream == 0:
+            return 0, self.multicrop(img, rng), int(self.source.targets[index]), bad
+        return 1, self.labeled_view(img, rng), int(self.source.targets[index]), bad
+
+
+def collate_semisupervised(items) -> dict:
+    unl = [it for it in items if it[0] == 0]
+    lab = [it for it in items if it[0] == 1]
+    n_views = len(unl[0][1]) if unl else 0
+    batch = {
+        "unlabeled": [torch.stack([it[1][v] for it in unl]) for v in range(n_views)],
+        "unlabeled_targets": torch.tensor([it[2] for it in unl], dtype=torch.long),
+        "num_bad_images": sum(it[3] for it in items),
+    }
+    if lab:
+        batch["labeled"] = torch.stack([it[1] for it in lab])
+        batch["labels"] = torch.tensor([it[2] for it in lab], dtype=torch.long)
+    return batch
+
+
+class EvalDataset(Dataset):
+    def __init__(self, source, transform, bad_images="fail"):
+        self.source, self.transform, self.bad_images = source, transform, bad_images
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index):
+        return self.transform(self.source.load(index)), int(self.source.targets[index])
+
+
+@dataclass
+class TrainData:
+    loader: DataLoader
+    sampler: StepBatchSampler
+    num_classes: int
+    classes: list[str]
+    labeled_indices: np.ndarray
+    num_unlabeled: int
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+
+def select_labeled(cfg: DataConfig, source) -> np.ndarray:
+    if cfg.label_list:
+        return subset_from_list(source.names, source.classes, cfg.label_list)
+    if cfg.labels_per_class is not None:
+        return labels_per_class_split(source.targets, cfg.labels_per_class, cfg.split_seed)
+    return np.zeros(0, dtype=np.int64)
+
+
+def _loader_kwargs(cfg: DataConfig, device: torch.device) -> dict:
+    kwargs = {
+        "num_workers": cfg.num_workers,
+        "pin_memory": cfg.pin_memory and device.type == "cuda",
+    }
+    if cfg.num_workers > 0:
+        kwargs["persistent_workers"] = cfg.persistent_workers
+        kwargs["prefetch_factor"] = cfg.prefetch_factor
+    return kwargs
+
+
+def build_train_data(
+    cfg: DataConfig,
+    batch_unlabeled: int,
+    batch_labeled: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> TrainData:
+    source = build_source(cfg.dataset, cfg.root, cfg.train_split, cfg.download)
+    labeled = select_labeled(cfg, source)
+    if batch_labeled > 0 and len(labeled) == 0:
+        raise UserError(
+            "train.batch_size_labeled > 0 but no labels selected: set data.labels_per_class or "
+            "data.label_list (or batch_size_labeled=0 for self-supervised pre-training)"
+        )
+    mean, std = cfg.mean_std
+    dataset = SemiSupervisedDataset(
+        source,
+        MultiCrop(cfg.view_specs(), mean, std),
+        ViewTransform(cfg.labeled_spec(), mean, std),
+        seed=seed,
+        bad_images=cfg.bad_images,
+    )
+    sampler = StepBatchSampler(
+        len(source), labeled, batch_unlabeled, batch_labeled, rank, world_size, seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_semisupervised,
+        **_loader_kwargs(cfg, device),
+    )
+    log.info(
+        "train data: %d images, %d classes, %d labeled (%s), %d steps/epoch",
+        len(source), len(source.classes), len(labeled),
+        cfg.label_list or f"{cfg.labels_per_class} per class", sampler.steps_per_epoch,
+    )  # fmt: skip
+    return TrainData(loader, sampler, len(source.classes), source.classes, labeled, len(source))
+
+
+def build_val_loader(
+    cfg: DataConfig, classes: list[str], batch_size: int, rank: int, world_size: int, device
+) -> DataLoader | None:
+    """Validation images sharded rank::world (no padding, so distributed accuracy is exact)."""
+    if cfg.dataset in ("imagefolder", "imagenet"):
+        if not (Path(cfg.root) / cfg.val_split).is_dir():
+            log.warning(
+                "no validation folder %s: evaluation disabled", Path(cfg.root) / cfg.val_split
+            )
+            return None
+    source = build_source(cfg.dataset, cfg.root, cfg.val_split, cfg.download, classes=classes)
+    mean, std = cfg.mean_std
+    resize = cfg.eval_resize if cfg.eval_resize > 0 else None
+    dataset = EvalDataset(source, EvalTransform(cfg.eval_size, resize, mean, std))
+    shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world_size)))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, **_loader_kwargs(cfg, device))

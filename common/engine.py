@@ -1,0 +1,320 @@
+"""The one training loop shared by Suave and Daino (DINO's ``train_one_epoch``, made reusable).
+
+batch -> method.training_step -> finite check -> (scaled) backward -> clip -> step -> hooks
+-> log -> checkpoint; validation each epoch. Schedules are arrays indexed by the global step, so
+resuming at step s reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from common import dist
+from common.checkpoint import check_compatible, load_state_strict, save_checkpoint
+from common.errors import NonFiniteLossError, UserError
+from common.evaluation import evaluate_classifier
+from common.logging_utils import MetricsCSV, WandbLogger
+from common.method import Method, StepContext
+from common.optim import OptimConfig, build_optimizer, param_groups
+from common.preemption import PreemptionFlag, requeue_slurm_job
+from common.schedules import cosine_schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size_unlabeled: int = 64  # per process
+    batch_size_labeled: int = 32  # per process
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = True
+    max_steps: int = 0  # stop early after this many global steps (0 = run all epochs)
+    checkpoint_every_steps: int = 0  # 0: only at the end of epochs
+    checkpoint_every_epochs: int = 1
+    keep_checkpoints: int = 3
+    eval_every_epochs: int = 1
+    eval_batch_size: int = 256
+    dist_timeout_s: float = 1800.0
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UserError("train.epochs must be at least 1")
+        if self.batch_size_unlabeled < 1 or self.batch_size_labeled < 0:
+            raise UserError("train.batch_size_unlabeled must be >= 1, batch_size_labeled >= 0")
+        if self.max_steps < 0 or self.checkpoint_every_steps < 0 or self.keep_checkpoints < 1:
+            raise UserError("train.max_steps/checkpoint_every_steps >= 0, keep_checkpoints >= 1")
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            x = x.to(device, non_blocking=True)
+            return x.contiguous(memory_format=fmt) if x.ndim == 4 else x
+        if isinstance(x, list):
+            return [move(v) for v in x]
+        return x
+
+    return {k: move(v) for k, v in batch.items()}
+
+
+class Trainer:
+    """Owns optimiser, scaler, schedules, logging and checkpoints of one run."""
+
+    def __init__(
+        self,
+        method: Method,
+        train_data,
+        val_loader,
+        train_cfg: TrainConfig,
+        optim_cfg: OptimConfig,
+        device: torch.device,
+        run_dir: Path,
+        config_dict: dict,
+        wandb_logger: WandbLogger | None = None,
+        print_every: int = 10,
+    ):
+        self.method, self.data, self.val_loader = method, train_data, val_loader
+        self.cfg, self.optim_cfg, self.device = train_cfg, optim_cfg, device
+        self.run_dir, self.config_dict = Path(run_dir), config_dict
+        self.print_every = max(1, print_every)
+        self.wandb = wandb_logger
+        self.world = dist.world_size()
+        self.spe = train_data.steps_per_epoch
+        self.total_steps = train_cfg.epochs * self.spe
+        self.amp = autocast_context(train_cfg.precision, device)
+        self._prepare_model()
+        self.optimizer = build_optimizer(optim_cfg, param_groups(method.trainable), device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
+        global_batch = train_cfg.batch_size_unlabeled * self.world
+        peak = optim_cfg.peak_lr(global_batch)
+        self.lr_schedule = cosine_schedule(
+            peak, optim_cfg.final_lr, train_cfg.epochs, self.spe, optim_cfg.warmup_epochs,
+            optim_cfg.start_warmup_lr,
+        )  # fmt: skip
+        final_wd = optim_cfg.final_weight_decay
+        self.wd_schedule = cosine_schedule(
+            optim_cfg.weight_decay, optim_cfg.weight_decay if final_wd is None else final_wd,
+            train_cfg.epochs, self.spe,
+        )  # fmt: skip
+        method.setup(train_cfg.epochs, self.spe)
+        self.start_step = 0
+        self.step_csv = MetricsCSV(self.run_dir / "metrics_step.csv") if dist.is_main() else None
+        self.epoch_csv = MetricsCSV(self.run_dir / "metrics_epoch.csv") if dist.is_main() else None
+        self.preempt = PreemptionFlag()
+        log.info(
+            "steps/epoch %d, total %d, global batch %d unlabeled + %d labeled, peak lr %.4g",
+            self.spe, self.total_steps, global_batch, train_cfg.batch_size_labeled * self.world,
+            peak,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------------------- set-up
+    def _prepare_model(self) -> None:
+        method, cfg = self.method, self.cfg
+        method.to(self.device)
+        if cfg.channels_last:
+            method.to(memory_format=torch.channels_last)
+        if self.world > 1 and cfg.sync_bn:
+            converted = nn.SyncBatchNorm.convert_sync_batchnorm(method.trainable)
+            method.replace_trainable(converted)
+        if cfg.compile:
+            method.trainable.compile()
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            object.__setattr__(
+                method, "ddp_trainable", nn.parallel.DistributedDataParallel(method.trainable, ids)
+            )
+
+    def checkpoint_meta(self) -> dict:
+        return dict(self.method.meta())
+
+    def load_state(self, ckpt: dict, path: Path) -> None:
+        """Restore model, optimiser, scaler and the step to continue from."""
+        check_compatible(ckpt, self.checkpoint_meta(), path)
+        load_state_strict(self.method, ckpt["model"], path, "model")
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise UserError(f"checkpoint {path}: optimizer state does not fit: {err}") from None
+        self.scaler.load_state_dict(ckpt.get("scaler", {}))
+        self.start_step = int(ckpt["step"])
+        for csv in (self.step_csv, self.epoch_csv):
+            if csv is not None:
+                csv.truncate_after(self.start_step - 1)
+        log.info("resumed from %s at step %d", path, self.start_step)
+
+    def save(self, next_step: int) -> None:
+        """All ranks reach here together; rank 0 writes (training state is identical)."""
+        if dist.is_main():
+            state = {
+                "model": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": next_step,
+                "epoch": next_step // self.spe,
+                "meta": self.checkpoint_meta(),
+                "config": self.config_dict,
+            }
+            path = save_checkpoint(
+                state, self.run_dir / "checkpoints", next_step, self.cfg.keep_checkpoints
+            )
+            log.info("saved %s", path)
+        dist.barrier()
+
+    # ----------------------------------------------------------------------------- loop
+    def _set_schedules(self, step: int) -> None:
+        lr, wd = float(self.lr_schedule[step]), float(self.wd_schedule[step])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            if group.get("apply_wd", True):
+                group["weight_decay"] = wd
+
+    def _check_finite(self, out, step: int) -> None:
+        values = {"loss": out.loss, **out.terms}
+        names = list(values)
+        flags = torch.stack([torch.isfinite(v.detach().float()).all() for v in values.values()])
+        if not bool(flags.all()):
+            bad = names[int((~flags).nonzero()[0])]
+            raise NonFiniteLossError(
+                f"non-finite {bad} at step {step}: training stopped, the last good checkpoint in "
+                f"{self.run_dir / 'checkpoints'} is kept (lower the learning rate or use fp32)"
+            )
+
+    def _preemption_requested(self) -> bool:
+        flag = torch.tensor([1.0 if self.preempt.requested else 0.0])
+        if self.world > 1:
+            flag = flag.to(self.device)
+            dist.all_reduce_(flag, "max")
+        return bool(flag.item() > 0)
+
+    def train_step(self, batch: dict, ctx: StepContext):
+        cfg = self.cfg
+        self._set_schedules(ctx.step)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
+        batch = batch_to_device(batch, self.device, cfg.channels_last)
+        with self.amp():
+            out = self.method.training_step(batch, ctx)
+        self._check_finite(out, ctx.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.method.before_optimizer_step(ctx)
+        if self.optim_cfg.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.method.trainable.parameters(), self.optim_cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_optimizer_step(ctx)
+        return out
+
+    def _log_step(self, out, ctx: StepContext, images_per_s: float, num_bad: int) -> None:
+        names = ["loss", *out.terms]
+        values = torch.stack(
+            [out.loss.detach().float(), *[v.detach().float() for v in out.terms.values()]]
+        )
+        dist.all_reduce_(values, "mean")
+        row = {"step": ctx.step, "epoch": ctx.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({n: float(v) for n, v in zip(names, values.cpu())})
+        row.update(out.metrics)
+        row["images_per_s"] = images_per_s
+        if num_bad:
+            row["bad_images"] = num_bad
+        if dist.is_main():
+            self.step_csv.write(row)
+            if self.wandb:
+                self.wandb.log({f"train/{k}": v for k, v in row.items() if k != "step"}, ctx.step)
+            log.info(
+                "ep %d it %d/%d step %d | %s | lr %.4g | %.1f img/s",
+                ctx.epoch, ctx.iteration, self.spe, ctx.step,
+                " ".join(f"{n} {row[n]:.4f}" for n in names), row["lr"], images_per_s,
+            )  # fmt: skip
+
+    def evaluate(self, epoch: int, step: int) -> dict:
+        if self.val_loader is None:
+            return {}
+        self.method.eval()
+        result = evaluate_classifier(self.method.classify, self.val_loader, self.device, self.amp)
+        self.method.train()
+        log.info("epoch %d val top1 %.2f top5 %.2f", epoch, result["top1"], result["top5"])
+        return {"val_top1": result["top1"], "val_top5": result["top5"]}
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        last_step = self.total_steps if not cfg.max_steps else min(cfg.max_steps, self.total_steps)
+        step = self.start_step
+        summary: dict = {}
+        self.method.train()
+        images_per_step = cfg.batch_size_unlabeled + cfg.batch_size_labeled
+        bad_images = 0
+        while step < last_step:
+            epoch, start_iter = divmod(step, self.spe)
+            self.data.sampler.set_epoch(epoch, start_iter)
+            tic = time.perf_counter()
+            for batch in self.data.loader:
+                ctx = StepContext(
+                    step, epoch, step - epoch * self.spe, self.spe, self.total_steps, self.device,
+                    step_generator(cfg.seed, step, dist.rank()),
+                )  # fmt: skip
+                bad_images += batch.pop("num_bad_images", 0)
+                out = self.train_step(batch, ctx)
+                step += 1
+                if step % self.print_every == 0 or step == last_step:
+                    rate = images_per_step * self.world / max(time.perf_counter() - tic, 1e-9)
+                    self._log_step(out, ctx, rate, bad_images)
+                tic = time.perf_counter()
+                if self._preemption_requested():
+                    self.save(step)
+                    if dist.is_main():
+                        requeue_slurm_job()
+                    log.info("stopping at step %d after a preemption signal", step)
+                    summary["preempted"] = True
+                    return summary
+                epoch_done = step % self.spe == 0
+                every = cfg.checkpoint_every_steps
+                if (every and step % every == 0) and not (epoch_done or step == last_step):
+                    self.save(step)
+                if step >= last_step or epoch_done:
+                    break
+            epoch_done = step % self.spe == 0
+            finished_epoch = step // self.spe
+            row = {"step": step - 1, "epoch": epoch}
+            evaluate_now = step == last_step or (
+                epoch_done and finished_epoch % max(cfg.eval_every_epochs, 1) == 0
+            )
+            if evaluate_now:
+                row.update(self.evaluate(epoch, step))
+            if epoch_done or step == last_step:
+                if step == last_step or finished_epoch % max(cfg.checkpoint_every_epochs, 1) == 0:
+                    self.save(step)
+            if dist.is_main() and len(row) > 2:
+                self.epoch_csv.write(row)
+                if self.wandb:
+                    self.wandb.log({f"val/{k}": v for k, v in row.items() if k != "step"}, step - 1)
+            summary.update(row)
+        summary["step"] = step
+        log.info("finished at step %d: %s", step, summary)
+        return summary

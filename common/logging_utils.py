@@ -1,0 +1,125 @@
+"""Console/file logging, metrics CSV files and wandb (online, offline or disabled)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LogConfig:
+    print_every: int = 10
+    wandb_mode: Literal["disabled", "offline", "online"] = "disabled"
+    wandb_project: str = "suave-daino"
+    wandb_entity: str | None = None
+    plots: bool = True
+
+
+def setup_logging(run_dir: Path | None, rank: int, name: str = "train") -> None:
+    """Rank 0 logs INFO to the console and ``<run_dir>/<name>.log``; other ranks only warnings."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    if run_dir is not None and rank == 0:
+        file_handler = logging.FileHandler(Path(run_dir) / f"{name}.log")
+        file_handler.setFormatter(fmt)
+        root.addHandler(file_handler)
+
+
+class MetricsCSV:
+    """Append-only CSV whose header grows when new metric names appear.
+
+    ``truncate_after(step)`` drops rows logged after a checkpoint, so a resumed run's file reads
+    like an uninterrupted one.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fields: list[str] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as handle:
+                self.fields = next(csv.reader(handle), [])
+
+    def _rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict) -> None:
+        new = [k for k in row if k not in self.fields]
+        if new:
+            rows = self._rows()
+            self.fields += new
+            self._rewrite(rows)
+        with self.path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.fields)
+            if handle.tell() == 0:
+                writer.writeheader()
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+    def truncate_after(self, step: int) -> None:
+        rows = [r for r in self._rows() if r.get("step", "") == "" or int(r["step"]) <= step]
+        if self.fields:
+            self._rewrite(rows)
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+class WandbLogger:
+    """Thin wrapper; ``disabled`` never imports wandb; the run id is kept for resumes."""
+
+    def __init__(self, cfg: LogConfig, run_dir: Path, name: str, config: dict):
+        self.run = None
+        if cfg.wandb_mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:
+            log.warning("wandb is not installed: logging to CSV only")
+            return
+        id_file = Path(run_dir) / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        self.run = wandb.init(
+            project=cfg.wandb_project,
+            entity=cfg.wandb_entity,
+            name=name,
+            id=run_id,
+            resume="allow",
+            dir=str(run_dir),
+            config=config,
+            mode=cfg.wandb_mode,
+        )
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()

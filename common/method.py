@@ -1,0 +1,80 @@
+"""The contract between a method (Suave, Daino) and the shared training engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepContext:
+    """Where training stands; handed to every method hook."""
+
+    step: int  # global optimisation step, 0-based
+    epoch: int
+    iteration: int  # within the epoch
+    steps_per_epoch: int
+    total_steps: int
+    device: torch.device
+    generator: torch.Generator  # seeded from (run seed, step): reproducible after a resume
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # the scalar that is back-propagated
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # named parts, for logs/NaN checks
+    metrics: dict[str, float] = field(default_factory=dict)  # extra monitoring values
+
+
+class Method(nn.Module):
+    """A method owns its networks, loss state (queue, center...) and the per-step logic.
+
+    ``trainable`` is the module whose parameters the optimiser updates and that DDP wraps;
+    everything else (teacher, queue, center) lives in buffers or frozen modules, so one
+    ``state_dict`` captures the whole training state of the method.
+    """
+
+    name = "method"
+
+    def __init__(self):
+        super().__init__()
+        self.ddp_trainable: nn.Module | None = None
+
+    @property
+    def trainable(self) -> nn.Module:
+        raise NotImplementedError
+
+    def replace_trainable(self, module: nn.Module) -> None:
+        """Swap in a converted trainable network (e.g. SyncBatchNorm); methods override."""
+        raise NotImplementedError
+
+    def forward_trainable(self, *args, **kwargs):
+        """Call the trainable network through its DDP wrapper when distributed."""
+        net = self.ddp_trainable if self.ddp_trainable is not None else self.trainable
+        return net(*args, **kwargs)
+
+    def setup(self, epochs: int, steps_per_epoch: int) -> None:
+        """Build step-indexed schedules (temperatures, momenta) once the loader is known."""
+
+    def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
+        raise NotImplementedError
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """After backward, before the update (e.g. freeze prototypes early)."""
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """After the update (e.g. re-normalise prototypes, EMA teacher)."""
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits used for validation accuracy."""
+        raise NotImplementedError
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features used by k-NN / linear-probe evaluation."""
+        raise NotImplementedError
+
+    def meta(self) -> dict:
+        """Identity written into checkpoints and checked on resume."""
+        raise NotImplementedError

@@ -1,0 +1,46 @@
+"""Mixup / CutMix with a per-step generator; returns the effective mixing weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def sample_lambda(alpha: float, generator: torch.Generator) -> float:
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator):
+    """Box of area ~(1-lam) of the image, clipped at the borders: (top, bottom, left, right)."""
+    cut = np.sqrt(1.0 - lam)
+    h, w = int(height * cut), int(width * cut)
+    cy = int(torch.randint(height, (1,), generator=generator))
+    cx = int(torch.randint(width, (1,), generator=generator))
+    top, bottom = max(cy - h // 2, 0), min(cy + h // 2, height)
+    left, right = max(cx - w // 2, 0), min(cx + w // 2, width)
+    return top, bottom, left, right
+
+
+def mix(
+    x1: torch.Tensor, x2: torch.Tensor, mode: str, alpha: float, generator: torch.Generator
+) -> tuple[torch.Tensor, float]:
+    """Blend two equally-shaped image batches; returns (mixed, weight of x1).
+
+    For CutMix the weight is the exact share of x1's pixels left after pasting the box.
+    """
+    lam = sample_lambda(alpha, generator)
+    if mode == "mixup":
+        return x1 * lam + x2 * (1.0 - lam), lam
+    if mode == "cutmix":
+        height, width = x1.shape[-2:]
+        top, bottom, left, right = cutmix_box(height, width, lam, generator)
+        mixed = x1.clone()
+        mixed[..., top:bottom, left:right] = x2[..., top:bottom, left:right]
+        area = (bottom - top) * (right - left)
+        return mixed, 1.0 - area / float(height * width)
+    raise ValueError(f"unknown mix mode {mode}")
+
+
+def batch_permutation(batch: int, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.randperm(batch, generator=generator).to(device)

@@ -1,0 +1,1 @@
+"""Backbones, heads and foreign-checkpoint loading."""

@@ -1,0 +1,126 @@
+"""Optimisers and parameter groups: LARS (SwAV/Suave), SGD, AdamW (DINO/Daino).
+
+Biases and normalisation parameters (every tensor with ndim <= 1) get neither weight decay nor
+the LARS trust ratio, as the paper's recipe asks. The engine writes the scheduled learning rate
+into every group and the scheduled weight decay into groups with ``apply_wd``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from common.errors import UserError
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["lars", "sgd", "adamw"] = "lars"
+    base_lr: float = 0.4  # at reference batch size ``lr_batch_ref`` (unlabeled, global)
+    lr_batch_ref: int = 256
+    scale_lr: bool = True  # linear scaling by global unlabeled batch / lr_batch_ref
+    final_lr: float = 0.001
+    warmup_epochs: float = 5.0
+    start_warmup_lr: float = 0.0
+    weight_decay: float = 1e-6
+    final_weight_decay: float | None = None  # cosine weight-decay schedule (DINO), None = fixed
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = 0.0  # max grad norm; 0 = off
+    implementation: Literal["auto", "foreach", "fused", "loop"] = "auto"
+
+    def validate(self) -> None:
+        if self.base_lr <= 0 or self.final_lr < 0 or self.weight_decay < 0:
+            raise UserError("optim.base_lr must be > 0, final_lr and weight_decay >= 0")
+        if self.lr_batch_ref <= 0:
+            raise UserError("optim.lr_batch_ref must be positive")
+
+    def peak_lr(self, global_batch: int) -> float:
+        return self.base_lr * global_batch / self.lr_batch_ref if self.scale_lr else self.base_lr
+
+
+def param_groups(model: nn.Module, frozen: tuple[str, ...] = ()) -> list[dict]:
+    """Two groups: weights (decay + LARS) and biases/norms (neither)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad or any(name.startswith(f) for f in frozen):
+            continue
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    return [
+        {"params": decay, "apply_wd": True, "lars": True},
+        {"params": no_decay, "apply_wd": False, "lars": False, "weight_decay": 0.0},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and a layer-wise trust ratio (You et al. 2017; LARC without clipping).
+
+    update = lr * momentum_buffer, buffer = m * buffer + ratio * (g + wd * w),
+    ratio = trust * |w| / (|g| + wd * |w|) for groups with ``lars``, else 1.
+    """
+
+    def __init__(self, params, lr: float, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
+                 eps: float = 1e-8):  # fmt: skip
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, eps=eps, lars=True)  # fmt: skip
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            wd = group["weight_decay"]
+            if wd:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            if group["lars"]:
+                w_norms = torch._foreach_norm(params)
+                g_norms = torch._foreach_norm([p.grad for p in params])
+                trust, eps = group["trust_coefficient"], group["eps"]
+                grads = [
+                    g * torch.where((w > 0) & (gn > 0), trust * w / (gn + wd * w + eps), 1.0)
+                    for g, w, gn in zip(grads, w_norms, g_norms)
+                ]
+            bufs = []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = g.detach().clone()
+                    bufs.append(None)
+                else:
+                    bufs.append(state["momentum_buffer"])
+            existing = [(b, g) for b, g in zip(bufs, grads) if b is not None]
+            if existing:
+                torch._foreach_mul_([b for b, _ in existing], group["momentum"])
+                torch._foreach_add_([b for b, _ in existing], [g for _, g in existing])
+            torch._foreach_add_(
+                params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"]
+            )
+        return loss
+
+
+def build_optimizer(cfg: OptimConfig, groups: list[dict], device: torch.device):
+    lr = cfg.base_lr  # overwritten every step by the schedule
+    if cfg.name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                    trust_coefficient=cfg.trust_coefficient)  # fmt: skip
+    for group in groups:
+        group.setdefault("weight_decay", cfg.weight_decay)
+        group.pop("lars", None)
+    impl = {}
+    if cfg.implementation in ("foreach", "fused"):
+        impl = {cfg.implementation: True}
+    elif cfg.implementation == "auto" and device.type == "cuda":
+        impl = {"fused": True}
+    elif cfg.implementation == "loop":
+        impl = {"foreach": False}
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, **impl)
+    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, **impl)

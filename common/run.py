@@ -1,0 +1,163 @@
+"""Command-line harness shared by ``main_suave.py`` and ``main_daino.py``.
+
+CLI: ``--config FILE [--output_dir DIR] [--name NAME] [--resume] [--init CKPT] [a.b=c ...]``.
+Each run lives in ``<output_dir>/<name>/``: config.yaml, train.log, metrics_step.csv,
+metrics_epoch.csv, checkpoints/, summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from common import dist
+from common.checkpoint import load_latest
+from common.config import load_config, save_config, to_dict
+from common.data import build_train_data, build_val_loader
+from common.engine import Trainer
+from common.errors import UserError
+from common.logging_utils import WandbLogger, setup_logging
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ between a run's saved config and a resume of it (paths and verbosity).
+RESUMABLE_CHANGES = {
+    "data.root",
+    "data.num_workers",
+    "data.download",
+    "log.print_every",
+    "log.wandb_mode",
+    "train.max_steps",
+    "train.device",
+    "train.dist_timeout_s",
+}
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + traceback-like noise
+        raise UserError(message)
+
+
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    parser = _ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML recipe (see */configs/)")
+    parser.add_argument("--output_dir", default="runs", help="parent directory of runs")
+    parser.add_argument("--name", default=None, help="run name (default: config file stem)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--init", default=None, help="initial weights (same as model.init=...)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    args = parser.parse_args(argv)
+    for item in args.overrides:
+        if item.startswith("-"):
+            raise UserError(f"unknown option '{item}'")
+    if args.init:
+        args.overrides.append(f"model.init={args.init}")
+    return args
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Path] | None:
+    """Check the run directory against this invocation; returns the checkpoint to resume from.
+
+    Refuses to start over an existing run (different config, or checkpoints without --resume),
+    so nothing a user trained is ever silently overwritten.
+    """
+    saved_file = run_dir / "config.yaml"
+    latest = load_latest(run_dir / "checkpoints") if resume else None
+    if saved_file.is_file():
+        saved = flatten(yaml.safe_load(saved_file.read_text()) or {})
+        current = flatten(config)
+        diff = sorted(
+            k for k in set(saved) | set(current)
+            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
+        )  # fmt: skip
+        if diff:
+            k = diff[0]
+            raise UserError(
+                f"run directory {run_dir} already holds a different config ({k}: "
+                f"{saved.get(k)!r} there, {current.get(k)!r} now); choose a new --name"
+            )
+        has_ckpt = any((run_dir / "checkpoints").glob("*.pth"))
+        if has_ckpt and not resume:
+            raise UserError(
+                f"run directory {run_dir} already holds checkpoints: pass --resume to continue "
+                "it or choose a new --name"
+            )
+    if resume and latest is None and any((run_dir / "checkpoints").glob("*.pth")):
+        raise UserError(f"no loadable checkpoint in {run_dir / 'checkpoints'} (all corrupt)")
+    return latest
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_main(
+    argv: list[str] | None,
+    config_cls,
+    build_method: Callable,
+    description: str,
+) -> dict:
+    """Parse, set up distributed + run dir + logging, build data/method, train. Returns summary."""
+    args = parse_args(argv, description)
+    cfg = load_config(config_cls, args.config, args.overrides)
+    config_dict = to_dict(cfg)
+    info, device = dist.init(cfg.train.device, cfg.train.dist_timeout_s)
+    try:
+        name = args.name or Path(args.config).stem
+        run_dir = Path(args.output_dir) / name
+        resume_from = prepare_run_dir(run_dir, config_dict, args.resume)
+        dist.barrier()
+        if dist.is_main():
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        dist.barrier()
+        setup_logging(run_dir, dist.rank())
+        log.info("run %s: %d process(es) [%s], device %s", run_dir, info.world_size, info.source,
+                 device)  # fmt: skip
+        seed_everything(cfg.train.seed)
+        data = build_train_data(
+            cfg.data, cfg.train.batch_size_unlabeled, cfg.train.batch_size_labeled,
+            cfg.train.seed, dist.rank(), dist.world_size(), device,
+        )  # fmt: skip
+        val_loader = build_val_loader(
+            cfg.data, data.classes, cfg.train.eval_batch_size, dist.rank(), dist.world_size(),
+            device,
+        )  # fmt: skip
+        method = build_method(cfg, data.num_classes, dist.world_size())
+        wandb_logger = None
+        if dist.is_main():
+            wandb_logger = WandbLogger(cfg.log, run_dir, name, config_dict)
+        trainer = Trainer(
+            method, data, val_loader, cfg.train, cfg.optim, device, run_dir, config_dict,
+            wandb_logger, cfg.log.print_every,
+        )  # fmt: skip
+        if resume_from is not None:
+            trainer.load_state(*resume_from)
+        summary = trainer.fit()
+        if dist.is_main():
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            if wandb_logger:
+                wandb_logger.finish()
+        return summary
+    finally:
+        dist.shutdown()

@@ -1,0 +1,42 @@
+"""Per-iteration schedules as plain arrays (DINO style): index with the global step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_schedule(
+    base_value: float,
+    final_value: float,
+    epochs: int,
+    iters_per_epoch: int,
+    warmup_epochs: float = 0,
+    start_warmup_value: float = 0.0,
+) -> np.ndarray:
+    """Linear warm-up from ``start_warmup_value`` to ``base_value``, then cosine to ``final_value``.
+
+    The last entry equals ``final_value`` exactly; the array has ``epochs * iters_per_epoch`` items.
+    """
+    total = int(epochs * iters_per_epoch)
+    warmup = min(int(round(warmup_epochs * iters_per_epoch)), total)
+    warm = np.linspace(start_warmup_value, base_value, warmup, endpoint=False)
+    rest = total - warmup
+    if rest == 1:
+        cos = np.array([final_value])
+    else:
+        progress = np.arange(rest) / max(rest - 1, 1)
+        cos = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * progress))
+    out = np.concatenate([warm, cos]).astype(np.float64)
+    assert len(out) == total
+    return out
+
+
+def linear_then_constant(
+    start: float, end: float, ramp_epochs: float, epochs: int, iters_per_epoch: int
+) -> np.ndarray:
+    """Linear ramp ``start`` -> ``end`` over ``ramp_epochs``, then constant (DINO teacher temp)."""
+    total = int(epochs * iters_per_epoch)
+    ramp = min(int(round(ramp_epochs * iters_per_epoch)), total)
+    values = np.full(total, float(end))
+    values[:ramp] = np.linspace(start, end, ramp, endpoint=False) if ramp else values[:ramp]
+    return values

@@ -1,0 +1,50 @@
+"""Suave's loss as pure functions (solo-learn style): testable on CPU without a model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -sum_k target_k log softmax(logits)_k."""
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def swapped_prediction_loss(
+    view_scores: list[torch.Tensor],
+    assignments: dict[int, torch.Tensor],
+    temperature: float,
+) -> torch.Tensor:
+    """SwAV's swapped prediction: every other view predicts each assignment view's codes.
+
+    ``view_scores[v]``: B x K prototype scores of view v; ``assignments[i]``: B x K targets
+    (Sinkhorn-Knopp codes) of assignment view i. Mean over assignment views and predictors.
+    """
+    total = view_scores[0].new_zeros(())
+    for i, q in assignments.items():
+        others = [v for v in range(len(view_scores)) if v != i]
+        sub = sum(soft_cross_entropy(view_scores[v] / temperature, q) for v in others)
+        total = total + sub / len(others)
+    return total / len(assignments)
+
+
+def labeled_loss(
+    scores: torch.Tensor, labels: torch.Tensor, temperature: float, label_smoothing: float
+) -> torch.Tensor:
+    """Cross-entropy of cosine scores / temperature against the ground-truth classes."""
+    return F.cross_entropy(scores.float() / temperature, labels, label_smoothing=label_smoothing)
+
+
+def smoothed_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    one_hot = F.one_hot(labels, num_classes).float()
+    return one_hot * (1 - smoothing) + smoothing / num_classes
+
+
+def weighted_total(terms: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    """Mean of per-term losses weighted by how many samples each term averages over.
+
+    Equals the mean loss over all samples of the step: sum_t n_t * loss_t / sum_t n_t.
+    """
+    count = sum(n for _, n in terms)
+    return sum(loss * (n / count) for loss, n in terms)

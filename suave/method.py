@@ -1,0 +1,322 @@
+"""Suave = SwAV + labels: one cross-entropy over the prototype scores of every image.
+
+Unlabeled crops predict the Sinkhorn-Knopp codes of the other global crops (swapped prediction),
+labeled images predict their class; prototype k *is* class k, so the prototype scores are the
+classifier. The total is the per-sample mean over all images of the step (labeled, unlabeled
+crops and mixed copies), which fixes the official code's weighting by number of views.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.checkpoint import load_file, load_partial, select_weights
+from common.data import DataConfig
+from common.engine import TrainConfig
+from common.errors import UserError
+from common.logging_utils import LogConfig
+from common.method import Method, StepContext, StepOutput
+from common.mixup import batch_permutation, mix
+from common.models.factory import ModelConfig, build_backbone
+from common.models.heads import Prototypes, build_projector
+from common.optim import OptimConfig
+from common.schedules import cosine_schedule
+from suave.loss import (
+    labeled_loss,
+    smoothed_one_hot,
+    soft_cross_entropy,
+    swapped_prediction_loss,
+    weighted_total,
+)
+from suave.queue import EmbeddingQueue
+from suave.sinkhorn import sinkhorn_knopp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SuaveConfig:
+    projector_hidden_dim: int = 2048
+    embed_dim: int = 128
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    crops_for_assign: tuple[int, ...] = (0, 1)
+    queue_length: int = 3840  # global; each process keeps queue_length / world_size
+    queue_start_epoch: int = 0
+    label_smoothing: float = 0.01
+    freeze_prototypes_steps: int = 0
+    use_momentum: bool = False  # SK targets from an EMA copy of the network
+    momentum: float = 0.99  # EMA momentum, cosine-increased to momentum_final
+    momentum_final: float = 1.0
+    mixup: Literal["none", "mixup", "cutmix"] = "none"
+    mixup_alpha: float = 1.0
+    mixup_on: Literal["labeled", "unlabeled", "both"] = "labeled"
+    init_prototypes: bool = False  # load prototypes from model.init (fine-tuning our checkpoint)
+
+    def validate(self) -> None:
+        if self.temperature <= 0 or self.epsilon <= 0:
+            raise UserError("suave.temperature and suave.epsilon must be positive")
+        if self.sinkhorn_iterations < 1:
+            raise UserError("suave.sinkhorn_iterations must be at least 1")
+        if not self.crops_for_assign:
+            raise UserError("suave.crops_for_assign must name at least one global crop")
+        if self.queue_length < 0 or not 0 <= self.label_smoothing < 1:
+            raise UserError("suave.queue_length >= 0 and 0 <= suave.label_smoothing < 1")
+
+
+@dataclass
+class SuaveRunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    suave: SuaveConfig = field(default_factory=SuaveConfig)
+
+    def validate(self) -> None:
+        bad = [i for i in self.suave.crops_for_assign if not 0 <= i < self.data.num_global]
+        if bad:
+            raise UserError(f"suave.crops_for_assign {bad} must index global crops")
+        if self.suave.mixup != "none" and self.suave.mixup_on != "labeled":
+            if not {0, 1} <= set(self.suave.crops_for_assign):
+                raise UserError("unlabeled mixup mixes global crops 0 and 1: both must be in "
+                                "suave.crops_for_assign")  # fmt: skip
+
+
+class SuaveNetwork(nn.Module):
+    """Backbone -> projector -> L2-normalise -> prototypes, over a list of multi-res crops."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SuaveConfig, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = build_projector(feat_dim, cfg.projector_hidden_dim, cfg.embed_dim)
+        embed_dim = cfg.embed_dim if cfg.embed_dim else feat_dim
+        self.prototypes = Prototypes(embed_dim, num_classes)
+
+    def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and scores of all crops, in input order (one backbone call per size)."""
+        feats, start = [], 0
+        while start < len(crops):
+            end = start
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            feats.append(self.backbone(torch.cat(crops[start:end])))
+            start = end
+        z = F.normalize(self.projector(torch.cat(feats)), dim=1)
+        return z, self.prototypes(z)
+
+
+class Suave(Method):
+    name = "suave"
+
+    def __init__(self, cfg: SuaveRunConfig, num_classes: int, world_size: int = 1):
+        super().__init__()
+        self.cfg, self.scfg = cfg, cfg.suave
+        backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
+        self.net = SuaveNetwork(backbone, feat_dim, cfg.suave, num_classes)
+        self.num_classes = num_classes
+        self.ema: SuaveNetwork | None = None
+        if self.scfg.use_momentum:
+            self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        queue_len = self._queue_length_per_rank(world_size)
+        self.queue = None
+        if queue_len:
+            embed = cfg.suave.embed_dim or feat_dim
+            self.queue = EmbeddingQueue(len(self.scfg.crops_for_assign), queue_len, embed)
+        self.momentum_schedule = None
+
+    def _queue_length_per_rank(self, world_size: int) -> int:
+        """Global length rounded down to whole global batches, split across ranks (as SwAV)."""
+        global_batch = self.cfg.train.batch_size_unlabeled * world_size
+        length = self.scfg.queue_length - self.scfg.queue_length % global_batch
+        return length // world_size
+
+    # ---------------------------------------------------------------- Method API
+    @property
+    def trainable(self) -> nn.Module:
+        return self.net
+
+    def replace_trainable(self, module: nn.Module) -> None:
+        self.net = module
+
+    def meta(self) -> dict:
+        return {"method": self.name, "backbone": self.cfg.model.backbone,
+                "num_classes": self.num_classes}  # fmt: skip
+
+    def setup(self, epochs: int, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        if self.ema is not None:
+            self.momentum_schedule = cosine_schedule(
+                self.scfg.momentum, self.scfg.momentum_final, epochs, steps_per_epoch
+            )
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net([images])[1]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.backbone(images)
+
+    # ---------------------------------------------------------------- training
+    def _targets_network(self) -> nn.Module:
+        return self.ema if self.ema is not None else self.net
+
+    @torch.no_grad()
+    def _assignments(self, scores: list[torch.Tensor], embeds: list[torch.Tensor], epoch: int):
+        """Sinkhorn-Knopp codes of each assignment crop, with the queue as extra context."""
+        codes = {}
+        weight = self._targets_network().prototypes.weight
+        use_queue = self.queue is not None and epoch >= self.scfg.queue_start_epoch
+        for slot, view in enumerate(self.scfg.crops_for_assign):
+            out = scores[view].detach().float()
+            batch = out.shape[0]
+            if use_queue and int(self.queue.filled) > 0:
+                out = torch.cat([self.queue.get(slot) @ weight.t().float(), out])
+            codes[view] = sinkhorn_knopp(out, self.scfg.epsilon, self.scfg.sinkhorn_iterations)[
+                -batch:
+            ]
+        if use_queue:
+            self.queue.push([embeds[v].detach() for v in self.scfg.crops_for_assign])
+        return codes
+
+    def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
+        s = self.scfg
+        crops: list[torch.Tensor] = batch["unlabeled"]
+        n_views, b_u = len(crops), crops[0].shape[0]
+        labeled = batch.get("labeled")
+        b_l = 0 if labeled is None else labeled.shape[0]
+        mix_lab = s.mixup != "none" and s.mixup_on in ("labeled", "both") and b_l > 0
+        mix_unl = s.mixup != "none" and s.mixup_on in ("unlabeled", "both")
+
+        # Assemble one input list; same-size images stay adjacent for batched backbone calls.
+        inputs, parts = [], {}
+
+        def add(name, tensor):
+            parts[name] = (sum(t.shape[0] for t in inputs), tensor.shape[0])
+            inputs.append(tensor)
+
+        if b_l:
+            add("lab", labeled)
+            if mix_lab:
+                lab_perm = batch_permutation(b_l, ctx.generator, labeled.device)
+                lab_mixed, lab_lam = mix(labeled, labeled[lab_perm], s.mixup, s.mixup_alpha,
+                                         ctx.generator)  # fmt: skip
+                add("lab_mix", lab_mixed)
+        num_global = self.cfg.data.num_global
+        for v in range(num_global):
+            add(f"view{v}", crops[v])
+        if mix_unl:
+            unl_perm = batch_permutation(b_u, ctx.generator, crops[0].device)
+            unl_mixed, unl_lam = mix(crops[0], crops[1][unl_perm], s.mixup, s.mixup_alpha,
+                                     ctx.generator)  # fmt: skip
+            add("unl_mix", unl_mixed)
+        for v in range(num_global, n_views):
+            add(f"view{v}", crops[v])
+
+        embeds, scores = self.forward_trainable(inputs)
+
+        def take(name, tensor):
+            start, length = parts[name]
+            return tensor[start : start + length]
+
+        view_scores = [take(f"view{v}", scores) for v in range(n_views)]
+        if self.ema is not None:
+            with torch.no_grad():
+                globals_ = [crops[v] for v in self.scfg.crops_for_assign]
+                t_emb, t_scores = self.ema(globals_)
+            target_scores = dict(zip(s.crops_for_assign, t_scores.split(b_u)))
+            target_embeds = dict(zip(s.crops_for_assign, t_emb.split(b_u)))
+        else:
+            target_scores = {v: view_scores[v] for v in s.crops_for_assign}
+            target_embeds = {v: take(f"view{v}", embeds) for v in s.crops_for_assign}
+        codes = self._assignments(target_scores, target_embeds, ctx.epoch)
+
+        loss_unl = swapped_prediction_loss(view_scores, codes, s.temperature)
+        terms = {"loss_unlabeled": loss_unl}
+        weighted = [(loss_unl, b_u * n_views)]
+        if b_l:
+            loss_lab = labeled_loss(take("lab", scores), batch["labels"], s.temperature,
+                                    s.label_smoothing)  # fmt: skip
+            terms["loss_labeled"] = loss_lab
+            weighted.append((loss_lab, b_l))
+            if mix_lab:
+                y = smoothed_one_hot(batch["labels"], self.num_classes, s.label_smoothing)
+                target = lab_lam * y + (1 - lab_lam) * y[lab_perm]
+                loss = soft_cross_entropy(take("lab_mix", scores) / s.temperature, target)
+                terms["loss_labeled_mix"] = loss
+                weighted.append((loss, b_l))
+        if mix_unl:
+            target = unl_lam * codes[0] + (1 - unl_lam) * codes[1][unl_perm]
+            loss = soft_cross_entropy(take("unl_mix", scores) / s.temperature, target)
+            terms["loss_unlabeled_mix"] = loss
+            weighted.append((loss, b_u))
+        total = weighted_total(weighted)
+        metrics = {}
+        if b_l:
+            pred = take("lab", scores).detach().argmax(dim=1)
+            metrics["train_labeled_acc"] = float((pred == batch["labels"]).float().mean()) * 100
+        return StepOutput(total, terms, metrics)
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        if ctx.step < self.scfg.freeze_prototypes_steps:
+            self.net.prototypes.weight.grad = None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        self.net.prototypes.normalize_()
+        if self.ema is not None:
+            m = float(self.momentum_schedule[ctx.step])
+            student = list(self.net.parameters())
+            teacher = list(self.ema.parameters())
+            torch._foreach_mul_(teacher, m)
+            torch._foreach_add_(teacher, student, alpha=1 - m)
+            for tb, sb in zip(self.ema.buffers(), self.net.buffers()):
+                tb.copy_(sb)
+            self.ema.prototypes.normalize_()
+
+    # ---------------------------------------------------------------- initialisation
+    def initialize_from(self, path: str, fmt: str, load_projector: bool) -> None:
+        """Start from an official SwAV checkpoint or one of ours (never foreign prototypes)."""
+        ckpt = None
+        if fmt in ("auto", "ours"):
+            try:
+                ckpt = load_file(path)
+                fmt = "ours"
+            except UserError:
+                if fmt == "ours":
+                    raise
+                fmt = "swav"
+        if fmt == "swav":
+            from common.models.pretrained import load_swav_backbone
+
+            report = load_swav_backbone(self.net, path, load_projector=load_projector)
+            log.info("initialised from SwAV checkpoint %s: %s", path, report)
+        elif fmt == "ours":
+            prefixes = {"net.backbone.": "backbone."}
+            if load_projector:
+                prefixes["net.projector."] = "projector."
+            if self.scfg.init_prototypes:
+                prefixes["net.prototypes."] = "prototypes."
+            weights = select_weights(ckpt, prefixes)
+            if not weights:
+                raise UserError(f"checkpoint {path} holds no Suave/SwAV network weights")
+            load_partial(self.net, weights, path, "network")
+            log.info("initialised %d tensors from %s", len(weights), path)
+        else:
+            raise UserError(f"model.init_format '{fmt}' cannot initialise Suave (use swav or ours)")
+        if self.ema is not None:
+            self.ema.load_state_dict(self.net.state_dict())
+
+
+def build_suave(cfg: SuaveRunConfig, num_classes: int, world_size: int) -> Suave:
+    method = Suave(cfg, num_classes, world_size)
+    if cfg.model.init:
+        method.initialize_from(cfg.model.init, cfg.model.init_format, cfg.model.init_projector)
+    return method
