@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of -sum_k target_k log softmax(logits)_k."""
-    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+from common.losses import soft_cross_entropy
 
 
 def swapped_prediction_loss(
@@ -34,17 +31,3 @@ def labeled_loss(
 ) -> torch.Tensor:
     """Cross-entropy of cosine scores / temperature against the ground-truth classes."""
     return F.cross_entropy(scores.float() / temperature, labels, label_smoothing=label_smoothing)
-
-
-def smoothed_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    one_hot = F.one_hot(labels, num_classes).float()
-    return one_hot * (1 - smoothing) + smoothing / num_classes
-
-
-def weighted_total(terms: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
-    """Mean of per-term losses weighted by how many samples each term averages over.
-
-    Equals the mean loss over all samples of the step: sum_t n_t * loss_t / sum_t n_t.
-    """
-    count = sum(n for _, n in terms)
-    return sum(loss * (n / count) for loss, n in terms)

@@ -22,19 +22,14 @@ from common.data import DataConfig
 from common.engine import TrainConfig
 from common.errors import UserError
 from common.logging_utils import LogConfig
+from common.losses import smoothed_one_hot, soft_cross_entropy, weighted_total
 from common.method import Method, StepContext, StepOutput
 from common.mixup import batch_permutation, mix
 from common.models.factory import ModelConfig, build_backbone
 from common.models.heads import Prototypes, build_projector
 from common.optim import OptimConfig
 from common.schedules import cosine_schedule
-from suave.loss import (
-    labeled_loss,
-    smoothed_one_hot,
-    soft_cross_entropy,
-    swapped_prediction_loss,
-    weighted_total,
-)
+from suave.loss import labeled_loss, swapped_prediction_loss
 from suave.queue import EmbeddingQueue
 from suave.sinkhorn import sinkhorn_knopp
 
