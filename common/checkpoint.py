@@ -164,3 +164,19 @@ def load_partial(module: torch.nn.Module, weights: dict, path, what: str) -> lis
         )
     module.load_state_dict(weights, strict=False)
     return [k for k in own if k not in weights]
+
+
+def open_init_checkpoint(path: str | Path, fmt: str, foreign: str) -> tuple[str, dict | None]:
+    """Resolve ``model.init_format``: ("ours", checkpoint) or (``foreign``, None) for a release.
+
+    ``auto`` tries our own layout first and falls back to the official one (SwAV or DINO), whose
+    loaders read and check the file themselves.
+    """
+    if fmt not in ("auto", "ours"):
+        return fmt, None
+    try:
+        return "ours", load_file(path)
+    except UserError:
+        if fmt == "ours":
+            raise
+        return foreign, None

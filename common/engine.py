@@ -23,6 +23,7 @@ from common.errors import NonFiniteLossError, UserError
 from common.evaluation import evaluate_classifier
 from common.logging_utils import MetricsCSV, WandbLogger
 from common.method import Method, StepContext
+from common.models.sync_bn import convert_sync_batchnorm
 from common.optim import OptimConfig, build_optimizer, param_groups
 from common.preemption import PreemptionFlag, requeue_slurm_job
 from common.schedules import cosine_schedule
@@ -140,8 +141,7 @@ class Trainer:
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
         if self.world > 1 and cfg.sync_bn:
-            converted = nn.SyncBatchNorm.convert_sync_batchnorm(method.trainable)
-            method.replace_trainable(converted)
+            method.replace_trainable(convert_sync_batchnorm(method.trainable, self.device))
         if cfg.compile:
             method.trainable.compile()
         if self.world > 1:

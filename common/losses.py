@@ -23,3 +23,13 @@ def weighted_total(terms: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     """
     count = sum(n for _, n in terms)
     return sum(loss * (n / count) for loss, n in terms)
+
+
+def labeled_loss(
+    scores: torch.Tensor, labels: torch.Tensor, temperature: float, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy of prototype scores / temperature against the ground-truth classes.
+
+    Prototype k is class k in both methods, so the labeled term is the same for Suave and Daino.
+    """
+    return F.cross_entropy(scores.float() / temperature, labels, label_smoothing=label_smoothing)

@@ -108,6 +108,7 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(cfg: OptimConfig, groups: list[dict], device: torch.device):
     lr = cfg.base_lr  # overwritten every step by the schedule
+    device = torch.device(device)
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                     trust_coefficient=cfg.trust_coefficient)  # fmt: skip

@@ -126,14 +126,7 @@ def train_main(
         name = args.name or Path(args.config).stem
         run_dir = Path(args.output_dir) / name
         resume_from = prepare_run_dir(run_dir, config_dict, args.resume)
-        dist.barrier()
-        if dist.is_main():
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
-        dist.barrier()
-        setup_logging(run_dir, dist.rank())
-        log.info("run %s: %d process(es) [%s], device %s", run_dir, info.world_size, info.source,
-                 device)  # fmt: skip
+        setup_logging(None, dist.rank())
         seed_everything(cfg.train.seed)
         data = build_train_data(
             cfg.data, cfg.train.batch_size_unlabeled, cfg.train.batch_size_labeled,
@@ -144,6 +137,15 @@ def train_main(
             device,
         )  # fmt: skip
         method = build_method(cfg, data.num_classes, dist.world_size())
+        # Only now that data and model are known to be valid does the run directory change.
+        dist.barrier()
+        if dist.is_main():
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        dist.barrier()
+        setup_logging(run_dir, dist.rank())
+        log.info("run %s: %d process(es) [%s], device %s", run_dir, info.world_size, info.source,
+                 device)  # fmt: skip
         wandb_logger = None
         if dist.is_main():
             wandb_logger = WandbLogger(cfg.log, run_dir, name, config_dict)

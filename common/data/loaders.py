@@ -279,7 +279,7 @@ def select_labeled(cfg: DataConfig, source) -> np.ndarray:
 def _loader_kwargs(cfg: DataConfig, device: torch.device) -> dict:
     kwargs = {
         "num_workers": cfg.num_workers,
-        "pin_memory": cfg.pin_memory and device.type == "cuda",
+        "pin_memory": cfg.pin_memory and torch.device(device).type == "cuda",
     }
     if cfg.num_workers > 0:
         kwargs["persistent_workers"] = cfg.persistent_workers

@@ -1,0 +1,1 @@
+"""Daino: DINO turned semi-supervised (teacher targets + labels, one cross-entropy)."""

@@ -1,0 +1,253 @@
+"""Daino = DINO + labels: the teacher's sharpened, centred outputs are the unlabeled targets.
+
+Student and teacher share one architecture (backbone + DINO head with K = number of classes, so
+output k is class k). The teacher, an EMA of the student, sees only the unlabeled global crops;
+the student sees every crop plus the labeled batch and is the only network trained. Validation
+uses the teacher, as DINO does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from common.checkpoint import load_partial, open_init_checkpoint, select_weights
+from common.data import DataConfig
+from common.engine import TrainConfig
+from common.errors import UserError
+from common.logging_utils import LogConfig
+from common.losses import labeled_loss
+from common.method import Method, StepContext, StepOutput
+from common.models.dino_head import DINOHead, cancel_last_layer_gradients
+from common.models.ema import ema_update_
+from common.models.factory import ModelConfig, build_backbone
+from common.models.multicrop import forward_multicrop
+from common.models.sync_bn import convert_sync_batchnorm
+from common.optim import OptimConfig
+from common.schedules import cosine_schedule
+from daino.loss import DainoLoss, combine_losses
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DainoConfig:
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_layers: int = 3
+    head_use_bn: bool = False
+    norm_last_layer: bool = False  # the paper's choice: prototype norms are learned
+    student_temp: float = 0.1  # also divides the student logits of the labeled CE
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 10
+    center_momentum: float = 0.9
+    teacher_momentum: float = 0.990  # cosine-increased to teacher_momentum_final
+    teacher_momentum_final: float = 1.0
+    freeze_last_layer_epochs: int = 1
+    label_smoothing: float = 0.0
+    init_head: bool = True  # model.init also fills the head (MLP; ours: prototypes and center)
+
+    def validate(self) -> None:
+        if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
+            raise UserError("daino temperatures must be positive")
+        if not 0 <= self.center_momentum < 1:
+            raise UserError("daino.center_momentum must be in [0, 1)")
+        if not 0 <= self.teacher_momentum <= self.teacher_momentum_final <= 1:
+            raise UserError("daino needs 0 <= teacher_momentum <= teacher_momentum_final <= 1")
+        if self.head_layers < 1 or self.head_bottleneck_dim < 1 or self.head_hidden_dim < 1:
+            raise UserError("daino.head_layers, head_hidden_dim, head_bottleneck_dim must be >= 1")
+        if self.warmup_teacher_temp_epochs < 0 or self.freeze_last_layer_epochs < 0:
+            raise UserError("daino warm-up / freeze epochs must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError("daino.label_smoothing must be in [0, 1)")
+
+
+@dataclass
+class DainoRunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(backbone="vit_small", drop_path=0.1)
+    )
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            name="adamw", base_lr=2.4e-4, final_lr=1e-5, warmup_epochs=4, weight_decay=0.04,
+            final_weight_decay=0.4,
+        )  # fmt: skip
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    daino: DainoConfig = field(default_factory=DainoConfig)
+
+    def validate(self) -> None:
+        if self.data.num_global + self.data.num_local < 2:
+            raise UserError("Daino needs two or more unlabeled crops (data.num_global + num_local)")
+        if self.model.init_format == "swav":
+            raise UserError("model.init_format 'swav' cannot initialise Daino (use dino or ours)")
+
+
+class DainoNetwork(nn.Module):
+    """Backbone -> DINO head (MLP, L2 norm, weight-normalised K-way last layer)."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg: DainoConfig, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = DINOHead(
+            feat_dim, num_classes, cfg.head_hidden_dim, cfg.head_bottleneck_dim, cfg.head_layers,
+            cfg.head_use_bn, cfg.norm_last_layer,
+        )  # fmt: skip
+
+    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        """Logits of all crops, in input order."""
+        return self.head(forward_multicrop(self.backbone, crops))
+
+
+class Daino(Method):
+    name = "daino"
+
+    def __init__(self, cfg: DainoRunConfig, num_classes: int, world_size: int = 1):
+        super().__init__()
+        self.cfg, self.dcfg = cfg, cfg.daino
+        self.num_classes = num_classes
+        backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
+        self.student = DainoNetwork(backbone, feat_dim, self.dcfg, num_classes)
+        teacher_backbone, _ = build_backbone(cfg.model.backbone, 0.0)  # no drop path
+        self.teacher = DainoNetwork(teacher_backbone, feat_dim, self.dcfg, num_classes)
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+        d = self.dcfg
+        self.loss = DainoLoss(
+            num_classes, d.student_temp, d.teacher_temp, d.warmup_teacher_temp,
+            d.warmup_teacher_temp_epochs, d.center_momentum, cfg.train.epochs,
+        )  # fmt: skip
+        self.momentum_schedule = None
+
+    # ---------------------------------------------------------------- Method API
+    @property
+    def trainable(self) -> nn.Module:
+        return self.student
+
+    def replace_trainable(self, module: nn.Module) -> None:
+        """The teacher gets the same BN conversion: DINO's teacher normalises globally too."""
+        self.student = module
+        device = next(self.teacher.parameters()).device
+        self.teacher = convert_sync_batchnorm(self.teacher, device)
+
+    def meta(self) -> dict:
+        return {"method": self.name, "backbone": self.cfg.model.backbone,
+                "num_classes": self.num_classes}  # fmt: skip
+
+    def setup(self, epochs: int, steps_per_epoch: int) -> None:
+        self.loss.set_epochs(epochs)
+        self.momentum_schedule = cosine_schedule(
+            self.dcfg.teacher_momentum, self.dcfg.teacher_momentum_final, epochs, steps_per_epoch
+        )
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.teacher([images])
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.teacher.backbone(images)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
+        crops: list[torch.Tensor] = batch["unlabeled"]
+        n_crops, b_u = len(crops), crops[0].shape[0]
+        n_global = self.cfg.data.num_global
+        labeled = batch.get("labeled")
+        b_l = 0 if labeled is None else labeled.shape[0]
+
+        # Labeled first, then globals, then locals: same-size inputs share one backbone call.
+        inputs = ([labeled] if b_l else []) + list(crops)
+        logits = self.forward_trainable(inputs)
+        lab_logits, unl_logits = logits[:b_l], logits[b_l:]
+        student = list(unl_logits.split(b_u))
+        with torch.no_grad():
+            teacher = list(self.teacher(crops[:n_global]).split(b_u))
+
+        loss_unl, probs = self.loss(student, teacher, ctx.epoch)
+        terms = {"loss_unlabeled": loss_unl}
+        loss_lab = None
+        if b_l:
+            loss_lab = labeled_loss(lab_logits, batch["labels"], self.dcfg.student_temp,
+                                    self.dcfg.label_smoothing)  # fmt: skip
+            terms["loss_labeled"] = loss_lab
+        total = combine_losses(loss_unl, b_u, n_crops, loss_lab, b_l)
+
+        with torch.no_grad():
+            p = torch.cat(probs)
+            entropy = -(p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
+        metrics = {
+            "teacher_temp": self.loss.teacher_temperature(ctx.epoch),
+            "teacher_momentum": float(self.momentum_schedule[ctx.step]),
+            "target_entropy": float(entropy),
+        }
+        if b_l:
+            pred = lab_logits.detach().argmax(dim=1)
+            metrics["train_labeled_acc"] = float((pred == batch["labels"]).float().mean()) * 100
+        return StepOutput(total, terms, metrics)
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        freeze = self.dcfg.freeze_last_layer_epochs
+        cancel_last_layer_gradients(self.student.head, ctx.epoch, freeze)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        ema_update_(self.teacher, self.student, float(self.momentum_schedule[ctx.step]))
+
+    # ---------------------------------------------------------------- initialisation
+    def initialize_from(self, path: str, fmt: str = "auto") -> None:
+        """Start from an official DINO file (full or backbone-only) or one of our checkpoints."""
+        fmt, ckpt = open_init_checkpoint(path, fmt, foreign="dino")
+        if fmt == "dino":
+            self._init_from_dino(path)
+        elif fmt == "ours":
+            self._init_from_ours(path, ckpt)
+        else:
+            raise UserError(f"model.init_format '{fmt}' cannot initialise Daino (use dino or ours)")
+
+    def _init_from_dino(self, path: str) -> None:
+        from common.models.pretrained import load_dino_full
+
+        def target(net: DainoNetwork):
+            return net if self.dcfg.init_head else SimpleNamespace(backbone=net.backbone)
+
+        reports = load_dino_full(target(self.student), target(self.teacher), path)
+        for which, report in reports.items():
+            log.info("initialised the %s from DINO checkpoint %s", which, report)
+
+    def _init_from_ours(self, path: str, ckpt: dict) -> None:
+        method = ckpt.get("meta", {}).get("method")
+        if method == "daino":
+            parts = ("backbone", "head") if self.dcfg.init_head else ("backbone",)
+            sources = {n: {f"{n}.{p}.": f"{p}." for p in parts} for n in ("student", "teacher")}
+        elif method == "suave":  # a Suave backbone starts both networks; heads stay fresh
+            sources = {net: {"net.backbone.": "backbone."} for net in ("student", "teacher")}
+        else:
+            raise UserError(f"checkpoint {path} is a {method!r} checkpoint, not Daino or Suave")
+        for net_name, prefixes in sources.items():
+            net = getattr(self, net_name)
+            weights = select_weights(ckpt, prefixes)
+            missing = load_partial(net, weights, path, f"{net_name} network")
+            absent = [k for k in missing if k.startswith("backbone.")]
+            if absent:
+                raise UserError(f"checkpoint {path} lacks {len(absent)} {net_name} backbone "
+                                f"tensors, e.g. {absent[0]} (another backbone?)")  # fmt: skip
+            log.info("initialised %d %s tensors from %s", len(weights), net_name, path)
+        center = ckpt["model"].get("loss.center")
+        if method == "daino" and self.dcfg.init_head and center is not None:
+            if tuple(center.shape) != tuple(self.loss.center.shape):
+                raise UserError(f"checkpoint {path}: center has {center.shape[-1]} classes, "
+                                f"this run {self.num_classes}")  # fmt: skip
+            self.loss.center.copy_(center)
+
+
+def build_daino(cfg: DainoRunConfig, num_classes: int, world_size: int) -> Daino:
+    method = Daino(cfg, num_classes, world_size)
+    if cfg.model.init:
+        method.initialize_from(cfg.model.init, cfg.model.init_format)
+    return method

@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.config import load_config
+from common.losses import soft_cross_entropy, weighted_total
+from common.method import StepContext
+from common.optim import OptimConfig, build_optimizer, param_groups
+from suave.loss import labeled_loss, swapped_prediction_loss
+from suave.method import Suave, SuaveRunConfig
+from suave.queue import EmbeddingQueue
+
+OVERRIDES = [
+    "model.backbone=resnet_mini", "suave.projector_hidden_dim=64", "suave.embed_dim=32",
+    "data.num_local=2", "train.batch_size_unlabeled=8", "train.batch_size_labeled=4",
+]  # fmt: skip
+
+
+def make_method(extra=(), num_classes=10) -> Suave:
+    cfg = load_config(SuaveRunConfig, None, OVERRIDES + list(extra))
+    method = Suave(cfg, num_classes)
+    method.setup(epochs=1, steps_per_epoch=10)
+    return method
+
+
+def make_batch(b_u=8, b_l=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    crops = [torch.randn(b_u, 3, 32, 32, generator=g) for _ in range(2)]
+    crops += [torch.randn(b_u, 3, 16, 16, generator=g) for _ in range(2)]
+    return {
+        "unlabeled": crops,
+        "labeled": torch.randn(b_l, 3, 32, 32, generator=g),
+        "labels": torch.randint(0, 10, (b_l,), generator=g),
+    }
+
+
+def ctx(step=0):
+    return StepContext(step, 0, step, 10, 10, torch.device("cpu"), torch.Generator().manual_seed(1))
+
+
+def test_swapped_prediction_matches_manual():
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(6, 5, generator=g) for _ in range(3)]
+    codes = {0: F.softmax(torch.randn(6, 5, generator=g), 1), 1: F.softmax(torch.randn(6, 5), 1)}
+    loss = swapped_prediction_loss(scores, codes, temperature=0.1)
+    manual = 0.0
+    for i, q in codes.items():
+        others = [v for v in range(3) if v != i]
+        manual += sum(-(q * F.log_softmax(scores[v] / 0.1, 1)).sum(1).mean() for v in others) / len(
+            others
+        )
+    torch.testing.assert_close(loss, manual / 2)
+
+
+def test_labeled_loss_and_weighting():
+    scores = torch.tensor([[0.9, 0.1, -0.2]])
+    loss = labeled_loss(scores, torch.tensor([0]), temperature=0.1, label_smoothing=0.0)
+    expected = -F.log_softmax(scores / 0.1, 1)[0, 0]
+    torch.testing.assert_close(loss, expected)
+    a, b = torch.tensor(2.0), torch.tensor(5.0)
+    torch.testing.assert_close(weighted_total([(a, 30), (b, 10)]), torch.tensor(2.75))
+    t = F.one_hot(torch.tensor([0]), 3).float()
+    torch.testing.assert_close(soft_cross_entropy(scores / 0.1, t), expected)
+
+
+def test_gradients_reach_backbone_projector_prototypes_and_prototypes_stay_unit_norm():
+    torch.manual_seed(0)
+    method = make_method()
+    method.train()
+    out = method.training_step(make_batch(), ctx())
+    assert set(out.terms) == {"loss_unlabeled", "loss_labeled"}
+    n_unl, n_lab = 8 * 4, 4
+    expected = (out.terms["loss_unlabeled"] * n_unl + out.terms["loss_labeled"] * n_lab) / 36
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    net = method.net
+    for name, module in [("backbone", net.backbone), ("projector", net.projector),
+                         ("prototypes", net.prototypes)]:  # fmt: skip
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, name
+    opt = build_optimizer(OptimConfig(name="sgd", base_lr=0.5), param_groups(net), "cpu")
+    for step in range(3):
+        opt.zero_grad()
+        method.training_step(make_batch(seed=step), ctx(step)).loss.backward()
+        opt.step()
+        method.after_optimizer_step(ctx(step))
+        norms = net.prototypes.weight.norm(dim=1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_freeze_prototypes_drops_their_gradient():
+    method = make_method(["suave.freeze_prototypes_steps=5"])
+    method.training_step(make_batch(), ctx(0)).loss.backward()
+    method.before_optimizer_step(ctx(0))
+    assert method.net.prototypes.weight.grad is None
+    assert method.net.projector[0].weight.grad is not None
+
+
+def test_queue_is_filled_and_used():
+    method = make_method(["suave.queue_length=16"])
+    assert method.queue.length == 16
+    method.training_step(make_batch(), ctx(0))
+    assert int(method.queue.filled) == 8
+    method.training_step(make_batch(seed=1), ctx(1))
+    method.training_step(make_batch(seed=2), ctx(2))
+    assert int(method.queue.filled) == 16
+    q = EmbeddingQueue(1, 4, 2)
+    q.push([torch.tensor([[1.0, 0], [2, 0]])])
+    q.push([torch.tensor([[3.0, 0]])])
+    assert q.get(0)[:, 0].tolist() == [3.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_mixup_terms_are_weighted_by_samples(mode):
+    method = make_method([f"suave.mixup={mode}", "suave.mixup_on=both"])
+    out = method.training_step(make_batch(), ctx())
+    t = out.terms
+    assert set(t) == {"loss_unlabeled", "loss_labeled", "loss_labeled_mix", "loss_unlabeled_mix"}
+    total = (t["loss_unlabeled"] * 32 + t["loss_labeled"] * 4 + t["loss_labeled_mix"] * 4
+             + t["loss_unlabeled_mix"] * 8) / 48  # fmt: skip
+    torch.testing.assert_close(out.loss, total)
+    assert math.isfinite(out.loss.item())
+
+
+def test_momentum_encoder_targets():
+    method = make_method(["suave.use_momentum=true", "suave.momentum=0.5"])
+    out = method.training_step(make_batch(), ctx())
+    out.loss.backward()
+    assert all(p.grad is None for p in method.ema.parameters())
+    before = [p.detach().clone() for p in method.ema.parameters()]
+    with torch.no_grad():
+        for p in method.net.parameters():
+            p.add_(1.0)
+    method.after_optimizer_step(ctx(0))
+    student = list(method.net.parameters())
+    for b, t, s in zip(before, method.ema.parameters(), student):
+        if t.ndim == 2 and t.shape == method.net.prototypes.weight.shape:
+            continue  # prototypes are re-normalised after the EMA
+        torch.testing.assert_close(t, 0.5 * b + 0.5 * s.detach())
