@@ -2,6 +2,8 @@
 
     python job_launcher.py --mode local --num_gpus 8 --method suave \
         --script_file suave/scripts/train_10perc.sh --data_dir /path/to/imagenet --name repro
+    python job_launcher.py --mode slurm --num_nodes 2 --num_gpus 8 --method suave \
+        --script_file suave/scripts/finetune_10perc.sh --init runs/repro/checkpoints/last.pth
 
 A script file holds the method's own command-line tokens, shell style (``#`` comments and
 backslash-newline continuations allowed)::
@@ -239,6 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method", required=True, help="suave or daino")
     p.add_argument("--script_file", required=True, help="recipe, e.g. suave/scripts/*.sh")
     p.add_argument("--data_dir", default=None, help="dataset root (sets data.root)")
+    p.add_argument("--init", default=None, help="initial checkpoint (e.g. for fine-tune scripts)")
     p.add_argument("--name", default=None, help="run name (default: <method>_<script stem>)")
     p.add_argument("--output_dir", default="runs", help="runs go to <output_dir>/<name>")
     p.add_argument("--num_gpus", type=int, default=0, help="GPUs per node; 0 = CPU")
@@ -283,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     recipe = parse_script_file(args.script_file)
     recipe.config = _existing(recipe.config, "config file", args.script_file)
+    if args.init:  # the command line wins over the script file
+        if not Path(args.init).is_file():
+            raise LauncherError(f"init checkpoint not found: {args.init}")
+        recipe.init = str(Path(args.init).resolve())
     if recipe.init:
         recipe.init = _existing(recipe.init, "init checkpoint", args.script_file)
     name = args.name or re.sub(r"[^\w.-]", "_", f"{args.method}_{Path(args.script_file).stem}")

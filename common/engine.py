@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +20,21 @@ import torch
 from torch import nn
 
 from common import dist
-from common.checkpoint import check_compatible, load_state_strict, save_checkpoint
+from common.checkpoint import (
+    check_compatible,
+    first_non_finite,
+    load_state_strict,
+    save_checkpoint,
+)
 from common.errors import NonFiniteLossError, UserError
 from common.evaluation import evaluate_classifier
 from common.logging_utils import MetricsCSV, WandbLogger
 from common.method import Method, StepContext
 from common.models.sync_bn import convert_sync_batchnorm
 from common.optim import OptimConfig, build_optimizer, param_groups
+from common.plots import plot_run_quietly
 from common.preemption import PreemptionFlag, requeue_slurm_job
+from common.progress import ProgressBar
 from common.schedules import cosine_schedule
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,17 @@ class TrainConfig:
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+def fault_injection_hook(step: int) -> None:
+    """Test-only fault injection, off unless ``SUAVEDAINO_TEST_KILL_AT_STEP=<step>[:<rank>]`` is
+    set: the process (or only that rank) SIGKILLs itself once ``step`` steps and their checkpoints
+    are done, like a crashed node. The resume and distributed-fault tests rely on it."""
+    spec = os.environ.get("SUAVEDAINO_TEST_KILL_AT_STEP")
+    if spec:
+        at, _, who = spec.partition(":")
+        if step == int(at) and (not who or int(who) == dist.rank()):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def autocast_context(precision: str, device: torch.device):
@@ -169,7 +189,21 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.start_step)
 
     def save(self, next_step: int) -> None:
-        """All ranks reach here together; rank 0 writes (training state is identical)."""
+        """All ranks reach here together; rank 0 writes (training state is identical).
+
+        Non-finite weights (an update from inf gradients) are refused on every rank, so the last
+        good checkpoint is never replaced by a poisoned one.
+        """
+        bad = first_non_finite(self.method.state_dict())
+        flag = torch.tensor([0.0 if bad is None else 1.0], device=self.device)
+        if self.world > 1:
+            dist.all_reduce_(flag, "max")
+        if flag.item() > 0:
+            raise NonFiniteLossError(
+                f"non-finite weights ({bad or 'on another rank'}) after step {next_step - 1}: "
+                f"training stopped, the last good checkpoint in {self.run_dir / 'checkpoints'} "
+                "is kept (lower the learning rate or use fp32)"
+            )
         if dist.is_main():
             state = {
                 "model": self.method.state_dict(),
@@ -195,9 +229,11 @@ class Trainer:
                 group["weight_decay"] = wd
 
     def _check_finite(self, out, step: int) -> None:
-        values = {"loss": out.loss, **out.terms}
+        values = {**out.terms, "loss": out.loss}  # name the culprit term before the total
         names = list(values)
         flags = torch.stack([torch.isfinite(v.detach().float()).all() for v in values.values()])
+        if self.world > 1:  # all ranks stop together instead of waiting for a dead one
+            flags = dist.all_reduce_(flags.float(), "min") > 0
         if not bool(flags.all()):
             bad = names[int((~flags).nonzero()[0])]
             raise NonFiniteLossError(
@@ -254,8 +290,8 @@ class Trainer:
             )  # fmt: skip
 
     def evaluate(self, epoch: int, step: int) -> dict:
-        if self.val_loader is None:
-            return {}
+        if self.val_loader is None or not self.method.has_classifier:
+            return {}  # self-supervised: evaluate.py gives k-NN / linear-probe accuracy
         self.method.eval()
         result = evaluate_classifier(self.method.classify, self.val_loader, self.device, self.amp)
         self.method.train()
@@ -274,7 +310,10 @@ class Trainer:
             epoch, start_iter = divmod(step, self.spe)
             self.data.sampler.set_epoch(epoch, start_iter)
             tic = time.perf_counter()
+            bar = ProgressBar(self.spe, f"epoch {epoch}", start_iter,
+                              enabled=None if dist.is_main() else False)  # fmt: skip
             for batch in self.data.loader:
+                fault_injection_hook(step)
                 ctx = StepContext(
                     step, epoch, step - epoch * self.spe, self.spe, self.total_steps, self.device,
                     step_generator(cfg.seed, step, dist.rank()),
@@ -282,6 +321,7 @@ class Trainer:
                 bad_images += batch.pop("num_bad_images", 0)
                 out = self.train_step(batch, ctx)
                 step += 1
+                bar.update(step - epoch * self.spe, loss=out.loss)
                 if step % self.print_every == 0 or step == last_step:
                     rate = images_per_step * self.world / max(time.perf_counter() - tic, 1e-9)
                     self._log_step(out, ctx, rate, bad_images)
@@ -292,6 +332,7 @@ class Trainer:
                         requeue_slurm_job()
                     log.info("stopping at step %d after a preemption signal", step)
                     summary["preempted"] = True
+                    bar.close()
                     return summary
                 epoch_done = step % self.spe == 0
                 every = cfg.checkpoint_every_steps
@@ -299,6 +340,7 @@ class Trainer:
                     self.save(step)
                 if step >= last_step or epoch_done:
                     break
+            bar.close()
             epoch_done = step % self.spe == 0
             finished_epoch = step // self.spe
             row = {"step": step - 1, "epoch": epoch}
@@ -317,4 +359,6 @@ class Trainer:
             summary.update(row)
         summary["step"] = step
         log.info("finished at step %d: %s", step, summary)
+        if dist.is_main() and self.config_dict.get("log", {}).get("plots", False):
+            plot_run_quietly(self.run_dir)
         return summary

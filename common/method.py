@@ -67,6 +67,11 @@ class Method(nn.Module):
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """After the update (e.g. re-normalise prototypes, EMA teacher)."""
 
+    @property
+    def has_classifier(self) -> bool:
+        """Whether ``classify`` gives class logits (False in self-supervised pre-training)."""
+        return True
+
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits used for validation accuracy."""
         raise NotImplementedError

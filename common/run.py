@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--init", default=None, help="initial weights (same as model.init=...)")
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after options
     for item in args.overrides:
         if item.startswith("-"):
             raise UserError(f"unknown option '{item}'")
@@ -120,13 +120,16 @@ def train_main(
     """Parse, set up distributed + run dir + logging, build data/method, train. Returns summary."""
     args = parse_args(argv, description)
     cfg = load_config(config_cls, args.config, args.overrides)
+    if cfg.data.labels_per_class == 0 and not cfg.data.label_list:
+        cfg.train.batch_size_labeled = 0  # zero labels: plain SwAV / DINO pre-training
     config_dict = to_dict(cfg)
     info, device = dist.init(cfg.train.device, cfg.train.dist_timeout_s)
+    group_broken = False
     try:
         name = args.name or Path(args.config).stem
         run_dir = Path(args.output_dir) / name
+        setup_logging(None, dist.rank())  # console first: skipped corrupt checkpoints are warned
         resume_from = prepare_run_dir(run_dir, config_dict, args.resume)
-        setup_logging(None, dist.rank())
         seed_everything(cfg.train.seed)
         data = build_train_data(
             cfg.data, cfg.train.batch_size_unlabeled, cfg.train.batch_size_labeled,
@@ -161,5 +164,11 @@ def train_main(
             if wandb_logger:
                 wandb_logger.finish()
         return summary
+    except RuntimeError as err:
+        if info.world_size > 1 and dist.is_comm_failure(err):
+            group_broken = True  # tearing the group down could block on the dead rank
+            raise dist.lost_contact_error(err, cfg.train.dist_timeout_s) from None
+        raise
     finally:
-        dist.shutdown()
+        if not group_broken:
+            dist.shutdown()

@@ -51,6 +51,9 @@ class DainoConfig:
     freeze_last_layer_epochs: int = 1
     label_smoothing: float = 0.0
     init_head: bool = True  # model.init also fills the head (MLP; ours: prototypes and center)
+    # 0: one output (prototype) per class. Self-supervised pre-training (no labels) may use
+    # more, as DINO's 65536 on ImageNet; with labels, output k must be class k.
+    out_dim: int = 0
 
     def validate(self) -> None:
         if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
@@ -65,6 +68,8 @@ class DainoConfig:
             raise UserError("daino warm-up / freeze epochs must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise UserError("daino.label_smoothing must be in [0, 1)")
+        if self.out_dim < 0:
+            raise UserError("daino.out_dim must be >= 0 (0: one output per class)")
 
 
 @dataclass
@@ -113,15 +118,22 @@ class Daino(Method):
         super().__init__()
         self.cfg, self.dcfg = cfg, cfg.daino
         self.num_classes = num_classes
+        self.out_dim = self.dcfg.out_dim or num_classes
+        self.supervised = cfg.train.batch_size_labeled > 0
+        if self.supervised and self.out_dim != num_classes:
+            raise UserError(
+                f"daino.out_dim={self.out_dim} but the data has {num_classes} classes: with "
+                "labels, output k is class k (set out_dim=0)"
+            )
         backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
-        self.student = DainoNetwork(backbone, feat_dim, self.dcfg, num_classes)
+        self.student = DainoNetwork(backbone, feat_dim, self.dcfg, self.out_dim)
         teacher_backbone, _ = build_backbone(cfg.model.backbone, 0.0)  # no drop path
-        self.teacher = DainoNetwork(teacher_backbone, feat_dim, self.dcfg, num_classes)
+        self.teacher = DainoNetwork(teacher_backbone, feat_dim, self.dcfg, self.out_dim)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
         d = self.dcfg
         self.loss = DainoLoss(
-            num_classes, d.student_temp, d.teacher_temp, d.warmup_teacher_temp,
+            self.out_dim, d.student_temp, d.teacher_temp, d.warmup_teacher_temp,
             d.warmup_teacher_temp_epochs, d.center_momentum, cfg.train.epochs,
         )  # fmt: skip
         self.momentum_schedule = None
@@ -139,7 +151,12 @@ class Daino(Method):
 
     def meta(self) -> dict:
         return {"method": self.name, "backbone": self.cfg.model.backbone,
-                "num_classes": self.num_classes}  # fmt: skip
+                "num_classes": self.num_classes, "num_prototypes": self.out_dim,
+                "supervised": self.supervised}  # fmt: skip
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.supervised
 
     def setup(self, epochs: int, steps_per_epoch: int) -> None:
         self.loss.set_epochs(epochs)
@@ -222,9 +239,14 @@ class Daino(Method):
 
     def _init_from_ours(self, path: str, ckpt: dict) -> None:
         method = ckpt.get("meta", {}).get("method")
+        meta = ckpt.get("meta", {})
+        same_outputs = meta.get("num_prototypes", meta.get("num_classes")) == self.out_dim
         if method == "daino":
             parts = ("backbone", "head") if self.dcfg.init_head else ("backbone",)
             sources = {n: {f"{n}.{p}.": f"{p}." for p in parts} for n in ("student", "teacher")}
+            if self.dcfg.init_head and not same_outputs:  # e.g. self-supervised -> labels
+                log.info("checkpoint %s has another number of outputs: its last layer and "
+                         "center are not loaded", path)  # fmt: skip
         elif method == "suave":  # a Suave backbone starts both networks; heads stay fresh
             sources = {net: {"net.backbone.": "backbone."} for net in ("student", "teacher")}
         else:
@@ -232,6 +254,8 @@ class Daino(Method):
         for net_name, prefixes in sources.items():
             net = getattr(self, net_name)
             weights = select_weights(ckpt, prefixes)
+            if not same_outputs:
+                weights = {k: v for k, v in weights.items() if not k.startswith("head.last_layer")}
             missing = load_partial(net, weights, path, f"{net_name} network")
             absent = [k for k in missing if k.startswith("backbone.")]
             if absent:
@@ -239,7 +263,7 @@ class Daino(Method):
                                 f"tensors, e.g. {absent[0]} (another backbone?)")  # fmt: skip
             log.info("initialised %d %s tensors from %s", len(weights), net_name, path)
         center = ckpt["model"].get("loss.center")
-        if method == "daino" and self.dcfg.init_head and center is not None:
+        if method == "daino" and self.dcfg.init_head and same_outputs and center is not None:
             if tuple(center.shape) != tuple(self.loss.center.shape):
                 raise UserError(f"checkpoint {path}: center has {center.shape[-1]} classes, "
                                 f"this run {self.num_classes}")  # fmt: skip

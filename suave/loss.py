@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from common.losses import soft_cross_entropy
 
@@ -24,10 +23,3 @@ def swapped_prediction_loss(
         sub = sum(soft_cross_entropy(view_scores[v] / temperature, q) for v in others)
         total = total + sub / len(others)
     return total / len(assignments)
-
-
-def labeled_loss(
-    scores: torch.Tensor, labels: torch.Tensor, temperature: float, label_smoothing: float
-) -> torch.Tensor:
-    """Cross-entropy of cosine scores / temperature against the ground-truth classes."""
-    return F.cross_entropy(scores.float() / temperature, labels, label_smoothing=label_smoothing)

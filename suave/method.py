@@ -17,19 +17,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import load_file, load_partial, select_weights
+from common.checkpoint import load_partial, open_init_checkpoint, select_weights
 from common.data import DataConfig
 from common.engine import TrainConfig
 from common.errors import UserError
 from common.logging_utils import LogConfig
-from common.losses import smoothed_one_hot, soft_cross_entropy, weighted_total
+from common.losses import labeled_loss, smoothed_one_hot, soft_cross_entropy, weighted_total
 from common.method import Method, StepContext, StepOutput
 from common.mixup import batch_permutation, mix
+from common.models.ema import ema_update_
 from common.models.factory import ModelConfig, build_backbone
 from common.models.heads import Prototypes, build_projector
+from common.models.multicrop import forward_multicrop
 from common.optim import OptimConfig
 from common.schedules import cosine_schedule
-from suave.loss import labeled_loss, swapped_prediction_loss
+from suave.loss import swapped_prediction_loss
 from suave.queue import EmbeddingQueue
 from suave.sinkhorn import sinkhorn_knopp
 
@@ -55,6 +57,9 @@ class SuaveConfig:
     mixup_alpha: float = 1.0
     mixup_on: Literal["labeled", "unlabeled", "both"] = "labeled"
     init_prototypes: bool = False  # load prototypes from model.init (fine-tuning our checkpoint)
+    # 0: one prototype per class. Self-supervised pre-training (no labels) may use more, as
+    # SwAV's 3000 on ImageNet; with labels, prototype k must be class k.
+    num_prototypes: int = 0
 
     def validate(self) -> None:
         if self.temperature <= 0 or self.epsilon <= 0:
@@ -63,6 +68,8 @@ class SuaveConfig:
             raise UserError("suave.sinkhorn_iterations must be at least 1")
         if not self.crops_for_assign:
             raise UserError("suave.crops_for_assign must name at least one global crop")
+        if self.num_prototypes < 0:
+            raise UserError("suave.num_prototypes must be >= 0 (0: one per class)")
         if self.queue_length < 0 or not 0 <= self.label_smoothing < 1:
             raise UserError("suave.queue_length >= 0 and 0 <= suave.label_smoothing < 1")
 
@@ -98,14 +105,7 @@ class SuaveNetwork(nn.Module):
 
     def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings and scores of all crops, in input order (one backbone call per size)."""
-        feats, start = [], 0
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            feats.append(self.backbone(torch.cat(crops[start:end])))
-            start = end
-        z = F.normalize(self.projector(torch.cat(feats)), dim=1)
+        z = F.normalize(self.projector(forward_multicrop(self.backbone, crops)), dim=1)
         return z, self.prototypes(z)
 
 
@@ -116,8 +116,14 @@ class Suave(Method):
         super().__init__()
         self.cfg, self.scfg = cfg, cfg.suave
         backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
-        self.net = SuaveNetwork(backbone, feat_dim, cfg.suave, num_classes)
         self.num_classes = num_classes
+        self.num_prototypes = self.scfg.num_prototypes or num_classes
+        self.supervised = cfg.train.batch_size_labeled > 0
+        if self.supervised and self.num_prototypes != num_classes:
+            raise UserError(f"suave.num_prototypes={self.num_prototypes} but the data has "
+                            f"{num_classes} classes: with labels, prototype k is class k "
+                            "(set num_prototypes=0)")  # fmt: skip
+        self.net = SuaveNetwork(backbone, feat_dim, cfg.suave, self.num_prototypes)
         self.ema: SuaveNetwork | None = None
         if self.scfg.use_momentum:
             self.ema = copy.deepcopy(self.net).requires_grad_(False)
@@ -144,7 +150,12 @@ class Suave(Method):
 
     def meta(self) -> dict:
         return {"method": self.name, "backbone": self.cfg.model.backbone,
-                "num_classes": self.num_classes}  # fmt: skip
+                "num_classes": self.num_classes, "num_prototypes": self.num_prototypes,
+                "supervised": self.supervised}  # fmt: skip
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.supervised
 
     def setup(self, epochs: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
@@ -267,27 +278,14 @@ class Suave(Method):
     def after_optimizer_step(self, ctx: StepContext) -> None:
         self.net.prototypes.normalize_()
         if self.ema is not None:
-            m = float(self.momentum_schedule[ctx.step])
-            student = list(self.net.parameters())
-            teacher = list(self.ema.parameters())
-            torch._foreach_mul_(teacher, m)
-            torch._foreach_add_(teacher, student, alpha=1 - m)
-            for tb, sb in zip(self.ema.buffers(), self.net.buffers()):
-                tb.copy_(sb)
+            # BN running statistics are copied from the student rather than averaged.
+            ema_update_(self.ema, self.net, float(self.momentum_schedule[ctx.step]), True)
             self.ema.prototypes.normalize_()
 
     # ---------------------------------------------------------------- initialisation
     def initialize_from(self, path: str, fmt: str, load_projector: bool) -> None:
         """Start from an official SwAV checkpoint or one of ours (never foreign prototypes)."""
-        ckpt = None
-        if fmt in ("auto", "ours"):
-            try:
-                ckpt = load_file(path)
-                fmt = "ours"
-            except UserError:
-                if fmt == "ours":
-                    raise
-                fmt = "swav"
+        fmt, ckpt = open_init_checkpoint(path, fmt, foreign="swav")
         if fmt == "swav":
             from common.models.pretrained import load_swav_backbone
 
@@ -298,6 +296,11 @@ class Suave(Method):
             if load_projector:
                 prefixes["net.projector."] = "projector."
             if self.scfg.init_prototypes:
+                theirs = ckpt.get("meta", {}).get("num_prototypes", ckpt.get("meta", {}).get(
+                    "num_classes"))  # fmt: skip
+                if theirs != self.num_prototypes:
+                    raise UserError(f"suave.init_prototypes: checkpoint {path} has {theirs} "
+                                    f"prototypes, this run {self.num_prototypes}")  # fmt: skip
                 prefixes["net.prototypes."] = "prototypes."
             weights = select_weights(ckpt, prefixes)
             if not weights:

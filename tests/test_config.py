@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -70,10 +71,46 @@ def test_merge_overrides_does_not_mutate():
     assert data["a"]["b"] == 1 and out["a"]["b"] == 2
 
 
-@pytest.mark.parametrize("path", ["suave/configs/cpu_demo.yaml"])
+SUAVE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "suave" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SUAVE_CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = load_config(SuaveRunConfig, path)
-    assert cfg.train.epochs > 0
+    assert cfg.train.epochs > 0 and cfg.optim.name in ("lars", "sgd", "adamw")
+
+
+def test_paper_recipes_match_spec():
+    """The ImageNet recipes carry the paper's hyper-parameters (SPEC "Suave")."""
+    cfg = load_config(SuaveRunConfig, "suave/configs/imagenet_10perc.yaml")
+    assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.final_lr) == ("lars", 0.4, 0.001)
+    assert (cfg.optim.warmup_epochs, cfg.optim.weight_decay, cfg.train.epochs) == (5, 1e-6, 100)
+    assert (cfg.suave.queue_length, cfg.suave.epsilon, cfg.suave.sinkhorn_iterations) == (
+        3840,
+        0.05,
+        3,
+    )
+    assert (cfg.suave.temperature, cfg.suave.label_smoothing) == (0.1, 0.01)
+    assert (cfg.data.global_size, cfg.data.local_size, cfg.data.global_scale) == (
+        224,
+        96,
+        (0.14, 1.0),
+    )
+    assert cfg.data.label_list.endswith("10percent.txt") and cfg.model.init_format == "swav"
+    one = load_config(SuaveRunConfig, "suave/configs/imagenet_1perc.yaml")
+    assert one.data.label_list.endswith("1percent.txt")
+    ft = load_config(SuaveRunConfig, "suave/configs/finetune_1perc.yaml")
+    assert (ft.train.epochs, ft.optim.base_lr, ft.optim.final_lr, ft.optim.warmup_epochs) == (
+        5, 0.03, 0.0003, 0)  # fmt: skip
+    assert (ft.suave.label_smoothing, ft.suave.init_prototypes, ft.model.init_projector) == (
+        0.001, True, True)  # fmt: skip
+    assert ft.data.num_local == 0 and ft.data.global_scale == (0.08, 1.0)
+    assert ft.data.label_list.endswith("1percent.txt")
+    per_class = [
+        load_config(SuaveRunConfig, f"suave/configs/cifar100_{n}.yaml").data.labels_per_class
+        for n in (400, 2500, 10000)
+    ]
+    assert per_class == [4, 25, 100]
 
 
 def test_run_config_validation():

@@ -278,3 +278,20 @@ def test_sbatch_script_is_valid_bash(tmp_path):
     script = jl.render_sbatch(["m.py", "x=1"], "n", tmp_path, tmp_path, tasks_per_node=2)
     path = write(tmp_path / "job.sbatch", script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "script", sorted(ROOT.glob("*/scripts/*.sh")), ids=lambda p: f"{p.parent.parent.name}/{p.name}"
+)
+def test_shipped_recipe_files_parse_and_load(script):
+    """Every recipe file parses, names an existing config, and that config validates."""
+    from common.config import load_config
+
+    method = script.parent.parent.name
+    recipe = jl.parse_script_file(script)
+    assert (ROOT / recipe.config).is_file() and recipe.config.startswith(f"{method}/configs/")
+    if method == "suave":
+        from suave.method import SuaveRunConfig as run_config
+    else:
+        from daino.method import DainoRunConfig as run_config
+    load_config(run_config, ROOT / recipe.config, recipe.overrides)

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from common.config import load_config
-from common.losses import soft_cross_entropy, weighted_total
+from common.losses import labeled_loss, soft_cross_entropy, weighted_total
 from common.method import StepContext
 from common.optim import OptimConfig, build_optimizer, param_groups
-from suave.loss import labeled_loss, swapped_prediction_loss
+from suave.loss import swapped_prediction_loss
 from suave.method import Suave, SuaveRunConfig
 from suave.queue import EmbeddingQueue
 

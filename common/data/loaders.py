@@ -271,6 +271,8 @@ class TrainData:
 def select_labeled(cfg: DataConfig, source) -> np.ndarray:
     if cfg.label_list:
         return subset_from_list(source.names, source.classes, cfg.label_list)
+    if cfg.labels_per_class == 0:  # explicit self-supervised pre-training (plain SwAV / DINO)
+        return np.zeros(0, dtype=np.int64)
     if cfg.labels_per_class is not None:
         return labels_per_class_split(source.targets, cfg.labels_per_class, cfg.split_seed)
     return np.zeros(0, dtype=np.int64)

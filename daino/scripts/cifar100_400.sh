@@ -1,0 +1,2 @@
+# Daino, cifar100_400 (see daino/configs/cifar100_400.yaml).
+--config daino/configs/cifar100_400.yaml

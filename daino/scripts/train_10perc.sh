@@ -1,0 +1,5 @@
+# Daino, ImageNet 10perc labels (paper recipe, ViT-S/16 from the DINO full checkpoint):
+#   python job_launcher.py --mode slurm --num_nodes 2 --num_gpus 8 --method daino \
+#       --script_file daino/scripts/train_10perc.sh --data_dir /path/to/imagenet \
+#       --init /path/to/dino_deitsmall16_pretrain_full_checkpoint.pth
+--config daino/configs/imagenet_10perc.yaml

@@ -1,0 +1,3 @@
+# Suave, CIFAR-100 with 2500 labels (torchvision download into data/cifar100). Seeds:
+# add data.split_seed=S train.seed=S; scripts/cifar100_protocol.py runs all three seeds.
+--config suave/configs/cifar100_2500.yaml
