@@ -67,10 +67,16 @@ class Method(nn.Module):
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """After the update (e.g. re-normalise prototypes, EMA teacher)."""
 
+    # Set by subclasses: identity of the run, written into checkpoints (see ``meta``).
+    backbone_name: str = ""
+    num_classes: int = 0
+    num_prototypes: int = 0  # outputs of the prototype layer (= num_classes with labels)
+    supervised: bool = True  # trained with labels, so prototype k is class k
+
     @property
     def has_classifier(self) -> bool:
         """Whether ``classify`` gives class logits (False in self-supervised pre-training)."""
-        return True
+        return self.supervised
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits used for validation accuracy."""
@@ -82,4 +88,6 @@ class Method(nn.Module):
 
     def meta(self) -> dict:
         """Identity written into checkpoints and checked on resume."""
-        raise NotImplementedError
+        return {"method": self.name, "backbone": self.backbone_name,
+                "num_classes": self.num_classes, "num_prototypes": self.num_prototypes,
+                "supervised": self.supervised}  # fmt: skip

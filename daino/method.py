@@ -117,23 +117,23 @@ class Daino(Method):
     def __init__(self, cfg: DainoRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
         self.cfg, self.dcfg = cfg, cfg.daino
-        self.num_classes = num_classes
-        self.out_dim = self.dcfg.out_dim or num_classes
+        self.num_classes, self.backbone_name = num_classes, cfg.model.backbone
+        self.num_prototypes = self.dcfg.out_dim or num_classes
         self.supervised = cfg.train.batch_size_labeled > 0
-        if self.supervised and self.out_dim != num_classes:
+        if self.supervised and self.num_prototypes != num_classes:
             raise UserError(
-                f"daino.out_dim={self.out_dim} but the data has {num_classes} classes: with "
-                "labels, output k is class k (set out_dim=0)"
+                f"daino.out_dim={self.num_prototypes} but the data has {num_classes} classes: "
+                "with labels, output k is class k (set out_dim=0)"
             )
         backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
-        self.student = DainoNetwork(backbone, feat_dim, self.dcfg, self.out_dim)
+        self.student = DainoNetwork(backbone, feat_dim, self.dcfg, self.num_prototypes)
         teacher_backbone, _ = build_backbone(cfg.model.backbone, 0.0)  # no drop path
-        self.teacher = DainoNetwork(teacher_backbone, feat_dim, self.dcfg, self.out_dim)
+        self.teacher = DainoNetwork(teacher_backbone, feat_dim, self.dcfg, self.num_prototypes)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
         d = self.dcfg
         self.loss = DainoLoss(
-            self.out_dim, d.student_temp, d.teacher_temp, d.warmup_teacher_temp,
+            self.num_prototypes, d.student_temp, d.teacher_temp, d.warmup_teacher_temp,
             d.warmup_teacher_temp_epochs, d.center_momentum, cfg.train.epochs,
         )  # fmt: skip
         self.momentum_schedule = None
@@ -148,15 +148,6 @@ class Daino(Method):
         self.student = module
         device = next(self.teacher.parameters()).device
         self.teacher = convert_sync_batchnorm(self.teacher, device)
-
-    def meta(self) -> dict:
-        return {"method": self.name, "backbone": self.cfg.model.backbone,
-                "num_classes": self.num_classes, "num_prototypes": self.out_dim,
-                "supervised": self.supervised}  # fmt: skip
-
-    @property
-    def has_classifier(self) -> bool:
-        return self.supervised
 
     def setup(self, epochs: int, steps_per_epoch: int) -> None:
         self.loss.set_epochs(epochs)
@@ -240,7 +231,7 @@ class Daino(Method):
     def _init_from_ours(self, path: str, ckpt: dict) -> None:
         method = ckpt.get("meta", {}).get("method")
         meta = ckpt.get("meta", {})
-        same_outputs = meta.get("num_prototypes", meta.get("num_classes")) == self.out_dim
+        same_outputs = meta.get("num_prototypes", meta.get("num_classes")) == self.num_prototypes
         if method == "daino":
             parts = ("backbone", "head") if self.dcfg.init_head else ("backbone",)
             sources = {n: {f"{n}.{p}.": f"{p}." for p in parts} for n in ("student", "teacher")}

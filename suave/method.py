@@ -116,7 +116,7 @@ class Suave(Method):
         super().__init__()
         self.cfg, self.scfg = cfg, cfg.suave
         backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
-        self.num_classes = num_classes
+        self.num_classes, self.backbone_name = num_classes, cfg.model.backbone
         self.num_prototypes = self.scfg.num_prototypes or num_classes
         self.supervised = cfg.train.batch_size_labeled > 0
         if self.supervised and self.num_prototypes != num_classes:
@@ -147,15 +147,6 @@ class Suave(Method):
 
     def replace_trainable(self, module: nn.Module) -> None:
         self.net = module
-
-    def meta(self) -> dict:
-        return {"method": self.name, "backbone": self.cfg.model.backbone,
-                "num_classes": self.num_classes, "num_prototypes": self.num_prototypes,
-                "supervised": self.supervised}  # fmt: skip
-
-    @property
-    def has_classifier(self) -> bool:
-        return self.supervised
 
     def setup(self, epochs: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch

@@ -23,6 +23,7 @@ from common.models.pretrained import (
     read_checkpoint,
 )
 from common.models.vit import VisionTransformer, vit_small, vit_tiny
+from tests.helpers import randomize
 
 # Through the CPU-torch shim; a plain top-level torchvision import could run before it.
 resnet18 = ensure_torchvision().models.resnet18
@@ -52,15 +53,6 @@ class DinoLike(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = DINOHead(backbone.embed_dim, k, hidden_dim=32, bottleneck_dim=16)
-
-
-def randomize(model):
-    """Give every float tensor (BN stats too) distinct random values so copies are detectable."""
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.is_floating_point():
-                t.normal_()
-    return model
 
 
 def swav_release(model):

@@ -11,6 +11,7 @@ from common.optim import OptimConfig, build_optimizer, param_groups
 from suave.loss import swapped_prediction_loss
 from suave.method import Suave, SuaveRunConfig
 from suave.queue import EmbeddingQueue
+from tests.helpers import random_multicrop_batch
 
 OVERRIDES = [
     "model.backbone=resnet_mini", "suave.projector_hidden_dim=64", "suave.embed_dim=32",
@@ -23,17 +24,6 @@ def make_method(extra=(), num_classes=10) -> Suave:
     method = Suave(cfg, num_classes)
     method.setup(epochs=1, steps_per_epoch=10)
     return method
-
-
-def make_batch(b_u=8, b_l=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    crops = [torch.randn(b_u, 3, 32, 32, generator=g) for _ in range(2)]
-    crops += [torch.randn(b_u, 3, 16, 16, generator=g) for _ in range(2)]
-    return {
-        "unlabeled": crops,
-        "labeled": torch.randn(b_l, 3, 32, 32, generator=g),
-        "labels": torch.randint(0, 10, (b_l,), generator=g),
-    }
 
 
 def ctx(step=0):
@@ -69,7 +59,7 @@ def test_gradients_reach_backbone_projector_prototypes_and_prototypes_stay_unit_
     torch.manual_seed(0)
     method = make_method()
     method.train()
-    out = method.training_step(make_batch(), ctx())
+    out = method.training_step(random_multicrop_batch(), ctx())
     assert set(out.terms) == {"loss_unlabeled", "loss_labeled"}
     n_unl, n_lab = 8 * 4, 4
     expected = (out.terms["loss_unlabeled"] * n_unl + out.terms["loss_labeled"] * n_lab) / 36
@@ -84,7 +74,7 @@ def test_gradients_reach_backbone_projector_prototypes_and_prototypes_stay_unit_
     opt = build_optimizer(OptimConfig(name="sgd", base_lr=0.5), param_groups(net), "cpu")
     for step in range(3):
         opt.zero_grad()
-        method.training_step(make_batch(seed=step), ctx(step)).loss.backward()
+        method.training_step(random_multicrop_batch(seed=step), ctx(step)).loss.backward()
         opt.step()
         method.after_optimizer_step(ctx(step))
         norms = net.prototypes.weight.norm(dim=1)
@@ -93,7 +83,7 @@ def test_gradients_reach_backbone_projector_prototypes_and_prototypes_stay_unit_
 
 def test_freeze_prototypes_drops_their_gradient():
     method = make_method(["suave.freeze_prototypes_steps=5"])
-    method.training_step(make_batch(), ctx(0)).loss.backward()
+    method.training_step(random_multicrop_batch(), ctx(0)).loss.backward()
     method.before_optimizer_step(ctx(0))
     assert method.net.prototypes.weight.grad is None
     assert method.net.projector[0].weight.grad is not None
@@ -102,10 +92,10 @@ def test_freeze_prototypes_drops_their_gradient():
 def test_queue_is_filled_and_used():
     method = make_method(["suave.queue_length=16"])
     assert method.queue.length == 16
-    method.training_step(make_batch(), ctx(0))
+    method.training_step(random_multicrop_batch(), ctx(0))
     assert int(method.queue.filled) == 8
-    method.training_step(make_batch(seed=1), ctx(1))
-    method.training_step(make_batch(seed=2), ctx(2))
+    method.training_step(random_multicrop_batch(seed=1), ctx(1))
+    method.training_step(random_multicrop_batch(seed=2), ctx(2))
     assert int(method.queue.filled) == 16
     q = EmbeddingQueue(1, 4, 2)
     q.push([torch.tensor([[1.0, 0], [2, 0]])])
@@ -116,7 +106,7 @@ def test_queue_is_filled_and_used():
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])
 def test_mixup_terms_are_weighted_by_samples(mode):
     method = make_method([f"suave.mixup={mode}", "suave.mixup_on=both"])
-    out = method.training_step(make_batch(), ctx())
+    out = method.training_step(random_multicrop_batch(), ctx())
     t = out.terms
     assert set(t) == {"loss_unlabeled", "loss_labeled", "loss_labeled_mix", "loss_unlabeled_mix"}
     total = (t["loss_unlabeled"] * 32 + t["loss_labeled"] * 4 + t["loss_labeled_mix"] * 4
@@ -127,7 +117,7 @@ def test_mixup_terms_are_weighted_by_samples(mode):
 
 def test_momentum_encoder_targets():
     method = make_method(["suave.use_momentum=true", "suave.momentum=0.5"])
-    out = method.training_step(make_batch(), ctx())
+    out = method.training_step(random_multicrop_batch(), ctx())
     out.loss.backward()
     assert all(p.grad is None for p in method.ema.parameters())
     before = [p.detach().clone() for p in method.ema.parameters()]

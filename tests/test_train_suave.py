@@ -9,6 +9,10 @@ import csv
 import math
 from pathlib import Path
 
+import pytest
+
+import main_suave
+from common.errors import UserError
 from tests.helpers import run_entry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +64,39 @@ def test_two_local_processes_equal_one_process(tmp_path, cifar10_mini):
             # step 0 is the same computation; later steps differ only by float reduction order
             tol = 1e-5 if one["step"] == "0" else 1e-4
             assert math.isclose(a, b, rel_tol=tol), (one["step"], key, a, b)
+
+
+def test_zero_labels_is_self_supervised_and_feeds_the_semi_supervised_stage(tmp_path, cifar10_mini):
+    """labels_per_class=0: plain SwAV (30 prototypes, no labeled batch, no prototype accuracy);
+    its checkpoint then initialises a labeled run's backbone and projector, not its prototypes."""
+    import torch
+
+    base = [
+        "--config", CONFIG, "--output_dir", str(tmp_path), f"data.root={cifar10_mini}", *TINY,
+        "train.batch_size_unlabeled=16", "train.batch_size_labeled=8", "train.max_steps=2",
+        "train.checkpoint_every_steps=0", "data.val_split=none",
+    ]  # fmt: skip
+    summary = main_suave.main(
+        [*base, "--name", "ssl", "data.labels_per_class=0", "suave.num_prototypes=30"]
+    )
+    assert summary["step"] == 2 and "val_top1" not in summary
+    ckpt_path = tmp_path / "ssl" / "checkpoints" / "last.pth"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["meta"]["supervised"] is False and ckpt["meta"]["num_prototypes"] == 30
+    assert ckpt["config"]["train"]["batch_size_labeled"] == 0
+    assert "loss_labeled" not in read_csv(tmp_path / "ssl" / "metrics_step.csv")[0]
+
+    from common.config import load_config
+    from suave.method import SuaveRunConfig, build_suave
+
+    cfg = load_config(
+        SuaveRunConfig, CONFIG, [*TINY, f"model.init={ckpt_path}", "model.init_projector=true"]
+    )
+    semi = build_suave(cfg, num_classes=10, world_size=1)
+    assert semi.net.prototypes.weight.shape[0] == 10
+    for key in ("backbone.conv1.weight", "projector.0.weight"):
+        assert torch.equal(semi.net.state_dict()[key], ckpt["model"][f"net.{key}"]), key
+    bad = load_config(SuaveRunConfig, CONFIG, [*TINY, f"model.init={ckpt_path}",
+                                               "suave.init_prototypes=true"])  # fmt: skip
+    with pytest.raises(UserError, match="30 prototypes, this run 10"):
+        build_suave(bad, num_classes=10, world_size=1)
