@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -61,9 +62,16 @@ def load_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    _check_crc(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, foreign objects...
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:  # torch's advice to retry with weights_only=False is wrong for a stray object
+            raise UserError(
+                f"checkpoint {path} holds a pickled '{found.group(1)}', which is never loaded "
+                "(unpickling objects can run code; checkpoints hold only tensors and plain values)"
+            ) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"checkpoint {path} is corrupt or not a suave-daino checkpoint: {first}"
@@ -71,6 +79,31 @@ def load_file(path: str | Path) -> dict:
     if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
         raise UserError(f"checkpoint {path} is not a suave-daino training checkpoint")
     return obj
+
+
+def _check_crc(path: Path) -> None:
+    """torch.load does not verify the zip CRCs, so flipped bits in tensor data would load
+    silently; check every record (one extra read, only when a run starts)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # legacy format or garbage: torch.load reports it
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        raise UserError(f"checkpoint {path} is corrupt: {err}") from None
+    if bad is not None:
+        raise UserError(f"checkpoint {path} is corrupt: record {bad} fails its CRC check")
+
+
+def first_non_finite(state: dict) -> str | None:
+    """Name of the first floating tensor of ``state`` holding NaN/inf, else None (one sync)."""
+    floats = [(k, v) for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not floats:
+        return None
+    ok = torch.stack([torch.isfinite(v).all() for _, v in floats])
+    if bool(ok.all()):
+        return None
+    return floats[int((~ok).nonzero()[0])][0]
 
 
 def checkpoint_files(ckpt_dir: Path) -> list[Path]:
@@ -82,8 +115,17 @@ def checkpoint_files(ckpt_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3) -> Path:
-    """Write ``checkpoint_<step>.pth`` and ``last.pth``, then prune to the newest ``keep``."""
+    """Write ``checkpoint_<step>.pth`` and ``last.pth``, then prune to the newest ``keep``.
+
+    Also removes what an earlier kill left behind: partial temp files, and step files newer than
+    ``step`` (after a resume from an older checkpoint, those belong to the abandoned attempt and
+    would otherwise count as the newest and crowd out the fresh ones).
+    """
     ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.is_dir():
+        for stale in ckpt_dir.glob(".*"):
+            if stale.name.endswith((".tmp", ".link")):
+                stale.unlink(missing_ok=True)
     path = ckpt_dir / f"checkpoint_{step:08d}.pth"
     atomic_save(state, path)
     tmp_link = ckpt_dir / f".{LAST}.link"
@@ -93,7 +135,10 @@ def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3)
         os.replace(tmp_link, ckpt_dir / LAST)
     except OSError:
         atomic_save(state, ckpt_dir / LAST)
-    for old in checkpoint_files(ckpt_dir)[max(keep, 1) :]:
+    files = checkpoint_files(ckpt_dir)
+    newer = [p for p in files if int(STEP_FILE.match(p.name).group(1)) > step]
+    current = [p for p in files if p not in newer]
+    for old in newer + current[max(keep, 1) :]:
         old.unlink(missing_ok=True)
     return path
 

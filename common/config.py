@@ -7,6 +7,7 @@ typo never silently falls back to a default. The resolved config is saved with e
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -39,12 +40,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
         return value
     if origin in (list, tuple):
-        item_tp, *_ = typing.get_args(tp) or (Any,)
+        args = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            except yaml.YAMLError:
+                raise UserError(f"config key '{key}' is not a valid list: {value!r}") from None
         if not isinstance(value, (list, tuple)):
             value = [value]
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        fixed = origin is tuple and Ellipsis not in args  # e.g. tuple[float, float]: a (min, max)
+        if fixed and len(value) != len(args):
+            raise UserError(f"config key '{key}' needs {len(args)} values, got {list(value)!r}")
+        types_ = args if fixed else [args[0]] * len(value)
+        items = [_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, types_))]
         return tuple(items) if origin is tuple else items
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
@@ -74,6 +82,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 number = int(as_float)
         except (TypeError, ValueError, OverflowError):
             raise UserError(f"config key '{key}' must be {tp.__name__}, got {value!r}") from None
+        if not math.isfinite(number):  # a NaN lr or temperature would only show up as NaN loss
+            raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
         return number
     if tp is str:
         if isinstance(value, (dict, list)):
@@ -88,7 +98,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise UserError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)  # YAML keys may be numbers or null
     if unknown:
         valid = ", ".join(sorted(known))
         raise UserError(f"unknown config key '{prefix}{unknown[0]}' (valid keys here: {valid})")
@@ -146,12 +156,16 @@ def merge_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, _children: tuple = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text") from None
+    except OSError as err:
+        raise UserError(f"cannot read config file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -161,8 +175,13 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping at the top level")
     base = data.pop("defaults", None)
-    if base:  # single-inheritance: `defaults: other.yaml` relative to this file
-        parent = read_yaml(path.parent / base)
+    if base is not None:  # single-inheritance: `defaults: other.yaml` relative to this file
+        if not isinstance(base, str) or not base:
+            raise UserError(f"config file {path}: 'defaults' must name one YAML file, got {base!r}")
+        chain = (*_children, path.resolve())
+        if (path.parent / base).resolve() in chain:
+            raise UserError(f"config file {path}: 'defaults: {base}' inherits from itself")
+        parent = read_yaml(path.parent / base, chain)
         data = deep_update(parent, data)
     return data
 

@@ -96,15 +96,50 @@ def init(device: str = "auto", timeout_s: float = 1800.0) -> tuple[DistInfo, tor
         dev = torch.device("cpu")
     if info.world_size > 1 and not torch_dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        torch_dist.init_process_group(
-            backend=backend,
-            init_method=f"tcp://{info.master_addr}:{info.master_port}",
-            rank=info.rank,
-            world_size=info.world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-            device_id=dev if dev.type == "cuda" else None,
-        )
+        try:
+            torch_dist.init_process_group(
+                backend=backend,
+                init_method=f"tcp://{info.master_addr}:{info.master_port}",
+                rank=info.rank,
+                world_size=info.world_size,
+                timeout=datetime.timedelta(seconds=timeout_s),
+                device_id=dev if dev.type == "cuda" else None,
+            )
+        except RuntimeError as err:  # DistStoreError / DistNetworkError: peers absent, port taken
+            raise UserError(
+                f"rank {info.rank} could not form the process group of {info.world_size} at "
+                f"{info.master_addr}:{info.master_port} within train.dist_timeout_s={timeout_s:g} "
+                f"s: {_first_sentence(err)}"
+            ) from None
     return info, dev
+
+
+# Messages of gloo / NCCL / c10d when a peer died, stalled past the timeout or closed its socket.
+_COMM_FAILURE = re.compile(
+    r"Connection (closed|reset) by peer|Broken pipe|[Tt]imed out|timeout|gloo|NCCL|c10d|"
+    r"ProcessGroup|Socket|[Ww]atchdog"
+)
+
+
+def _first_sentence(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # "[.../pair.cc:553] " source location
+    return (text.split(". ")[0] or type(err).__name__)[:200]
+
+
+def is_comm_failure(err: BaseException) -> bool:
+    """Whether ``err`` says the process group broke (as opposed to a bug in our code)."""
+    dist_error = getattr(torch_dist, "DistError", ())
+    return isinstance(err, dist_error) or bool(_COMM_FAILURE.search(str(err)))
+
+
+def lost_contact_error(err: BaseException, timeout_s: float) -> UserError:
+    """One line for a broken process group: which rank noticed, why, and the timeout knob."""
+    return UserError(
+        f"rank {rank()} lost contact with the process group ({_first_sentence(err)}): another "
+        f"rank died or stalled, see its log; a stall is given up after train.dist_timeout_s="
+        f"{timeout_s:g} s"
+    )
 
 
 def shutdown() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,11 @@ def _fmt(value):
 
 
 class WandbLogger:
-    """Thin wrapper; ``disabled`` never imports wandb; the run id is kept for resumes."""
+    """Thin wrapper; ``disabled`` never imports wandb; the run id is kept for resumes.
+
+    ``offline`` (no network, e.g. compute nodes) writes ``<run_dir>/wandb/offline-run-*``;
+    upload it later with ``wandb sync <run_dir>/wandb/offline-run-*``.
+    """
 
     def __init__(self, cfg: LogConfig, run_dir: Path, name: str, config: dict):
         self.run = None
@@ -103,7 +108,8 @@ class WandbLogger:
             log.warning("wandb is not installed: logging to CSV only")
             return
         id_file = Path(run_dir) / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        # Our own id (wandb.util.generate_id is gone in recent wandb releases).
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
         self.run = wandb.init(
             project=cfg.wandb_project,
@@ -122,4 +128,8 @@ class WandbLogger:
 
     def finish(self) -> None:
         if self.run is not None:
+            offline_dir = Path(self.run.dir).parent if self.run.settings.mode == "offline" else None
             self.run.finish()
+            if offline_dir is not None:  # offline runs are uploaded later, from any machine
+                log.info("wandb offline run in %s; upload it with: wandb sync %s", offline_dir,
+                         offline_dir)  # fmt: skip

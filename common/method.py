@@ -50,6 +50,10 @@ class Method(nn.Module):
         """Swap in a converted trainable network (e.g. SyncBatchNorm); methods override."""
         raise NotImplementedError
 
+    def modules_to_compile(self) -> list[nn.Module]:
+        """Networks ``train.compile`` compiles: the trainable one, plus e.g. a teacher."""
+        return [self.trainable]
+
     def forward_trainable(self, *args, **kwargs):
         """Call the trainable network through its DDP wrapper when distributed."""
         net = self.ddp_trainable if self.ddp_trainable is not None else self.trainable

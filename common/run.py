@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from common import dist
-from common.checkpoint import load_latest
+from common.checkpoint import check_compatible, load_latest
 from common.config import load_config, save_config, to_dict
 from common.data import build_train_data, build_val_loader
 from common.engine import Trainer
@@ -79,6 +79,11 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Pa
     Refuses to start over an existing run (different config, or checkpoints without --resume),
     so nothing a user trained is ever silently overwritten.
     """
+    for parent in (run_dir, *run_dir.parents):  # fail now, not after data and model are built
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create run directory {run_dir}: {parent} is a file")
+            break
     saved_file = run_dir / "config.yaml"
     latest = load_latest(run_dir / "checkpoints") if resume else None
     if saved_file.is_file():
@@ -127,6 +132,8 @@ def train_main(
     group_broken = False
     try:
         name = args.name or Path(args.config).stem
+        if name in ("", ".", ".."):  # the run would be the output directory (or its parent)
+            raise UserError(f"--name {name!r} is not a run name")
         run_dir = Path(args.output_dir) / name
         setup_logging(None, dist.rank())  # console first: skipped corrupt checkpoints are warned
         resume_from = prepare_run_dir(run_dir, config_dict, args.resume)
@@ -140,11 +147,16 @@ def train_main(
             device,
         )  # fmt: skip
         method = build_method(cfg, data.num_classes, dist.world_size())
+        if resume_from is not None:  # a foreign checkpoint is refused before anything is written
+            check_compatible(resume_from[0], method.meta(), resume_from[1])
         # Only now that data and model are known to be valid does the run directory change.
         dist.barrier()
         if dist.is_main():
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
+            try:
+                (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+                save_config(cfg, run_dir / "config.yaml")
+            except OSError as err:  # read-only or full disk: say so, in one line
+                raise UserError(f"cannot write run directory {run_dir}: {err}") from None
         dist.barrier()
         setup_logging(run_dir, dist.rank())
         log.info("run %s: %d process(es) [%s], device %s", run_dir, info.world_size, info.source,

@@ -72,6 +72,8 @@ class SuaveConfig:
             raise UserError("suave.num_prototypes must be >= 0 (0: one per class)")
         if self.queue_length < 0 or not 0 <= self.label_smoothing < 1:
             raise UserError("suave.queue_length >= 0 and 0 <= suave.label_smoothing < 1")
+        if self.projector_hidden_dim < 0 or self.embed_dim < 0:
+            raise UserError("suave.projector_hidden_dim and suave.embed_dim must be >= 0")
 
 
 @dataclass
@@ -147,6 +149,9 @@ class Suave(Method):
 
     def replace_trainable(self, module: nn.Module) -> None:
         self.net = module
+
+    def modules_to_compile(self) -> list[nn.Module]:
+        return [self.net] + ([self.ema] if self.ema is not None else [])
 
     def setup(self, epochs: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch

@@ -36,3 +36,23 @@ def cifar10_mini() -> Path:
 @pytest.fixture(scope="session")
 def imagenet_subsets() -> Path:
     return require(SHARED_DATA / "imagenet-subsets")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, cifar10_mini) -> Path:
+    """3 classes x 12 train / val images of cifar10-mini: runs of a few seconds."""
+    from tests.test_bad_input import make_small_folder
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    make_small_folder(cifar10_mini, root)
+    return root
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: deterministic like a OMP_NUM_THREADS=1 subprocess, and much faster
+    than two spinning threads when the shared cores are oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -42,6 +42,24 @@ def assert_one_line_error(proc, pattern: str) -> str:
     return errors[0]
 
 
+def assert_cli_error(capsys, main, argv: list[str], pattern: str) -> str:
+    """In-process ``main(argv)`` (a ``run_cli`` entry point) exits 2 with one ``error:`` line."""
+    import re
+
+    import pytest
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, err[-2000:]
+    assert re.search(pattern, errors[0]), errors[0]
+    return errors[0]
+
+
 def random_multicrop_batch(b_u=8, b_l=4, num_classes=10, seed=0) -> dict:
     """A loader-shaped batch: 2 globals (32 px) + 2 locals (16 px) unlabeled, labeled 32 px."""
     import torch

@@ -1,10 +1,18 @@
 """Bad input -> one clear error line, exit code 2, no traceback (main_suave.py)."""
 
+import re
 import shutil
+from pathlib import Path
 
+import pytest
 import torch
 
-from tests.helpers import TINY_SUAVE, assert_one_line_error, run_entry
+import main_daino
+import main_suave
+from common.checkpoint import load_file
+from common.models.factory import build_backbone
+from tests.helpers import TINY_SUAVE, assert_cli_error, assert_one_line_error, run_entry
+from tests.reliability_utils import DAINO, SUAVE
 
 CFG = "suave/configs/cpu_demo.yaml"
 
@@ -45,9 +53,13 @@ def test_corrupt_image_fails_or_is_skipped(tmp_path, cifar10_mini):
             "train.batch_size_labeled=6", "train.epochs=1"]  # fmt: skip
     proc = suave(tmp_path, *args, "--name", "fail")
     assert_one_line_error(proc, rf"corrupt image file .*{victim.name}")
+    assert not any((tmp_path / "runs" / "fail" / "checkpoints").iterdir())  # nothing trained
     proc = suave(tmp_path, *args, "data.bad_images=skip", "--name", "skip")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "skipping corrupt image" in proc.stdout + proc.stderr
+    assert f"skipping corrupt image {victim}" in proc.stdout + proc.stderr  # the full path
+    rows = (tmp_path / "runs" / "skip" / "metrics_step.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert int(last[header.index("bad_images")]) >= 1  # counted in the metrics
 
 
 def test_unknown_key_and_bad_value(tmp_path):
@@ -68,3 +80,73 @@ def test_wrong_architecture_checkpoint(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
     assert_one_line_error(suave(tmp_path, f"--init={garbage}"), r"garbage.pth")
+
+
+# In-process cases (seconds, not a Python start-up each): every refusal happens before the run
+# directory is created or changed.
+
+
+def snapshot(directory: Path) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bad_data_is_refused_before_the_run_dir_exists(tmp_path, tiny_data, capsys):
+    runs = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    label_list = tmp_path / "1percent.txt"
+    label_list.write_text("n01440764_10026.JPEG\n")  # an ImageNet class this data set lacks
+    no_list = ["data.labels_per_class=null"]
+    cases = [
+        ([f"data.root={tmp_path / 'nope'}"], r"data directory not found: .*nope/train"),
+        ([f"data.root={empty}"], r"data directory .*empty/train has no class sub-folders"),
+        ([f"data.root={tiny_data}", "data.labels_per_class=13"],
+         r"labels per class \(13\) is larger than class .* \(12 images\)"),
+        ([f"data.root={tiny_data}", *no_list, f"data.label_list={label_list}"],
+         r"1percent.txt line 1: class 'n01440764' is not in the dataset"),
+        ([f"data.root={tiny_data}", *no_list, f"data.label_list={tmp_path / 'none.txt'}"],
+         r"label list not found: .*none.txt"),
+        ([f"data.root={tiny_data}", "train.epochz=3"], r"unknown config key 'train.epochz'"),
+    ]  # fmt: skip
+    for extra, pattern in cases:
+        argv = [*SUAVE, *extra, "--output_dir", str(runs), "--name", "r"]
+        assert_cli_error(capsys, main_suave.main, argv, pattern)
+        assert not runs.exists(), extra
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_checkpoint_of_another_method_or_backbone(tmp_path, tiny_data, capsys):
+    """A Daino checkpoint or a ViT one given to a ResNet Suave run (--init or --resume): one line,
+    and the run directory is left exactly as it was."""
+    runs, data = tmp_path / "runs", f"data.root={tiny_data}"
+    suave_args = [*SUAVE, data, "--output_dir", str(runs), "--name", "s", "train.max_steps=1"]
+    main_suave.main(suave_args)
+    main_daino.main([*DAINO, data, "--output_dir", str(runs), "--name", "d", "train.max_steps=1"])
+    daino_ckpt = runs / "d" / "checkpoints" / "checkpoint_00000001.pth"
+    vit_ckpt = tmp_path / "vit_suave.pth"  # a Suave checkpoint whose backbone is a ViT
+    ckpt = load_file(runs / "s" / "checkpoints" / "checkpoint_00000001.pth")
+    vit, _ = build_backbone("vit_tiny")
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if ".backbone." not in f".{k}"}
+    ckpt["model"].update({f"net.backbone.{k}": v for k, v in vit.state_dict().items()})
+    ckpt["meta"]["backbone"] = "vit_tiny"
+    torch.save(ckpt, vit_ckpt)
+
+    for foreign in (daino_ckpt, vit_ckpt):
+        argv = [*SUAVE, data, "--output_dir", str(runs), "--name", "i", "--init", str(foreign)]
+        assert_cli_error(capsys, main_suave.main, argv, re.escape(foreign.name))
+        assert not (runs / "i").exists()
+
+    ckpt_dir = runs / "s" / "checkpoints"
+    cases = [
+        (daino_ckpt, r"made with method='daino', but this run has method='suave'"),
+        (vit_ckpt, r"made with backbone='vit_tiny', but this run has backbone='resnet_mini'"),
+    ]
+    for foreign, pattern in cases:
+        for path in ckpt_dir.iterdir():
+            path.unlink()
+        shutil.copy(foreign, ckpt_dir / "checkpoint_00000001.pth")
+        before = snapshot(runs / "s")
+        argv = [*suave_args, "--resume", "train.max_steps=2"]
+        assert_cli_error(capsys, main_suave.main, argv, pattern)
+        assert snapshot(runs / "s") == before

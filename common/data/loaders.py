@@ -78,6 +78,8 @@ class DataConfig:
             raise UserError("set data.labels_per_class or data.label_list, not both")
         if self.num_global < 1:
             raise UserError("data.num_global must be at least 1")
+        if self.split_seed < 0:
+            raise UserError("data.split_seed must be >= 0")
         if self.num_local < 0 or self.num_workers < 0:
             raise UserError("data.num_local and data.num_workers must be >= 0")
         for name in ("global_scale", "local_scale", "labeled_scale"):
@@ -215,7 +217,8 @@ class SemiSupervisedDataset(Dataset):
                 if self.bad_images != "skip":
                     raise
                 bad += 1
-                log.warning("skipping corrupt image %s", self.source.names[current])
+                where = getattr(self.source, "paths", self.source.names)[current]
+                log.warning("skipping corrupt image %s", where)  # full path: names repeat
         raise UserError("every image of the data set failed to load")
 
     def __getitem__(self, key):

@@ -1,0 +1,191 @@
+"""Multi-crop data loading: images/s one loader worker produces vs what the model consumes.
+
+Per worker: one process, one torch thread (what a DataLoader worker gets), decoding real files
+from cifar100-mini and producing every view of an unlabeled sample. Compared, on the same files
+and crops, with two plain torchvision pipelines:
+- ``tv_same``: torchvision's RandomResizedCrop / flip / ColorJitter / grayscale / GaussianBlur
+  / ToTensor / Normalize with our probabilities (the same work, global torch RNG);
+- ``tv_rrc``: RandomResizedCrop + flip + ToTensor + Normalize only (the floor of any pipeline).
+Model consumption: images/s of the backbone forward+backward on the same crops (a quick measure
+on this machine), or ``--model_rate`` (e.g. images/s that bench_step.py printed on a GPU).
+
+Scenarios: ``cifar`` 2x32 + 4x16 px crops of the 32 px images (the CIFAR recipe) and ``paper``
+2x224 + 8x96 px crops (the ImageNet recipe) of the same images upsampled by the crop.
+  python benchmarks/bench_data.py [--scenarios cifar,paper] [--model_rate 1200]
+The last lines printed are the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import benchlib  # sets sys.path and the torchvision shim first
+import torch
+from benchlib import SHARED_DATA, environment, interleaved, median, pick_device, spread
+from torchvision import transforms as T
+
+from common.data.loaders import DataConfig, SemiSupervisedDataset
+from common.data.sources import ImageFolderSource
+from common.data.transforms import MultiCrop, ViewTransform
+from common.models.factory import build_backbone
+from common.models.multicrop import forward_multicrop
+
+SCENARIOS = {
+    "cifar": dict(
+        num_global=2, global_size=32, global_scale=(0.25, 1.0), num_local=4, local_size=16,
+        local_scale=(0.08, 0.25), jitter=(0.4, 0.4, 0.4, 0.1), global_blur=(0.0, 0.0),
+        local_blur=0.0, labeled_size=32, labeled_scale=(0.25, 1.0), normalization="cifar",
+    ),
+    "paper": dict(
+        num_global=2, global_size=224, global_scale=(0.14, 1.0), num_local=8, local_size=96,
+        local_scale=(0.05, 0.14), labeled_size=224, normalization="imagenet",
+    ),
+}  # fmt: skip
+MODEL_BACKBONE = {"cifar": "resnet18_cifar", "paper": "resnet50"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--root", default=str(SHARED_DATA / "cifar100-mini" / "train"))
+    p.add_argument("--scenarios", default="cifar,paper")
+    p.add_argument("--images", type=int, default=0, help="images per rep (0: per scenario)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument(
+        "--model_rate",
+        type=float,
+        default=0.0,
+        help="model images/s to compare with (0: measure the backbone here)",
+    )
+    p.add_argument("--model_backbone", default="", help="backbone of the quick measure")
+    p.add_argument("--model_batch", type=int, default=8, help="unlabeled batch of the measure")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU seconds (steadier on a busy shared CPU)",
+    )
+    return p.parse_args(argv)
+
+
+def torchvision_view(cfg: DataConfig, size: int, scale, blur: float, full: bool):
+    """A plain torchvision pipeline for one view (``full``: same augmentations as ours)."""
+    mean, std = cfg.mean_std
+    steps = [T.RandomResizedCrop(size, scale=scale, antialias=True), T.RandomHorizontalFlip()]
+    if full:
+        steps += [T.RandomApply([T.ColorJitter(*cfg.jitter)], p=0.8), T.RandomGrayscale(0.2)]
+        if blur > 0:
+            kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+            steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur))
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(steps)
+
+
+def torchvision_multicrop(cfg: DataConfig, full: bool):
+    """Globals then locals, as ``MultiCrop``, built from torchvision transforms."""
+    blur = cfg.global_blur[0]
+    globals_ = [torchvision_view(cfg, cfg.global_size, cfg.global_scale, blur, full)]
+    local = torchvision_view(cfg, cfg.local_size, cfg.local_scale, cfg.local_blur, full)
+    views = globals_ * cfg.num_global + [local] * cfg.num_local
+    return lambda img: [view(img) for view in views]
+
+
+class Pipelines:
+    """The three per-sample pipelines over the same files."""
+
+    def __init__(self, cfg: DataConfig, source: ImageFolderSource, images: int):
+        mean, std = cfg.mean_std
+        self.ours = SemiSupervisedDataset(
+            source, MultiCrop(cfg.view_specs(), mean, std),
+            ViewTransform(cfg.labeled_spec(), mean, std), seed=0,
+        )  # fmt: skip
+        self.source = source
+        self.tv = {"tv_same": torchvision_multicrop(cfg, True),
+                   "tv_rrc": torchvision_multicrop(cfg, False)}  # fmt: skip
+        self.images, self.offset = images, 0
+
+    def _indices(self) -> range:
+        start = self.offset % len(self.source)
+        self.offset += self.images
+        return range(start, start + self.images)
+
+    def run_ours(self) -> None:
+        for i in self._indices():
+            self.ours[(0, i % len(self.source), 0, i)]
+
+    def runner(self, name: str):
+        pipeline = self.tv[name]
+
+        def run() -> None:
+            for i in self._indices():
+                pipeline(self.source.load(i % len(self.source)))
+
+        return run
+
+
+def model_rate(cfg: DataConfig, backbone_name: str, batch: int, device, reps: int = 3) -> float:
+    """Images/s (unlabeled + half as many labeled) of backbone forward+backward on these crops."""
+    backbone, _ = build_backbone(backbone_name)
+    backbone.to(device)
+    b_l = max(1, batch // 2)
+    sizes = [cfg.labeled_size] + [cfg.global_size] * cfg.num_global
+    sizes += [cfg.local_size] * cfg.num_local
+    crops = [torch.randn(b_l if i == 0 else batch, 3, s, s, device=device)
+             for i, s in enumerate(sizes)]  # fmt: skip
+
+    def step() -> None:
+        backbone.zero_grad(set_to_none=True)
+        forward_multicrop(backbone, crops).mean().backward()
+
+    times = interleaved({"model": step}, reps, device, warmup=1)["model"]
+    return (batch + b_l) / median(times)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    benchlib.set_clock(args.clock)
+    source = ImageFolderSource(args.root)
+    model_threads = torch.get_num_threads()
+    results = {}
+    lines = []
+    for name in [s for s in args.scenarios.split(",") if s]:
+        cfg = DataConfig(**SCENARIOS[name])
+        images = args.images or (128 if name == "cifar" else 16)
+        pipes = Pipelines(cfg, source, images)
+        torch.set_num_threads(1)  # a DataLoader worker runs with one torch thread
+        variants = {"ours": pipes.run_ours, **{k: pipes.runner(k) for k in pipes.tv}}
+        times = interleaved(variants, args.reps, torch.device("cpu"), warmup=1)
+        torch.set_num_threads(model_threads)
+        rates = {k: images / median(v) for k, v in times.items()}
+        views = cfg.num_global + cfg.num_local
+        if args.model_rate:
+            consume, how = args.model_rate, "given"
+        else:
+            backbone = args.model_backbone or MODEL_BACKBONE[name]
+            consume = model_rate(cfg, backbone, args.model_batch, device)
+            how = f"{backbone} fwd+bwd, batch {args.model_batch}+{max(1, args.model_batch // 2)}"
+        results[name] = {"rates": rates, "model_rate": consume}
+        crops = f"{cfg.num_global}x{cfg.global_size} + {cfg.num_local}x{cfg.local_size} px"
+        print(f"\n[{name}] {crops} crops of {args.root} ({images} images/rep, "
+              f"median [IQR] {args.clock} s)")  # fmt: skip
+        for k, v in times.items():
+            print(f"  {k:8s} {spread(v)} s/rep -> {rates[k]:8.1f} images/s per worker "
+                  f"({rates[k] * views:.0f} crops/s)")  # fmt: skip
+        print(f"  model    {consume:8.1f} images/s ({how}, {device.type})")
+        workers = math.ceil(consume / rates["ours"])
+        lines += [
+            f"RATIO {name} ours/tv_same = {rates['ours'] / rates['tv_same']:.2f}",
+            f"RATIO {name} ours/tv_rrc = {rates['ours'] / rates['tv_rrc']:.2f}",
+            f"RATIO {name} worker/model = {rates['ours'] / consume:.3f} "
+            f"(workers needed to feed the model: {workers})",
+        ]
+    print(f"\nenvironment: {environment(device)}")
+    for line in lines:
+        print(line)
+    return results
+
+
+if __name__ == "__main__":
+    main()

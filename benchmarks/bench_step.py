@@ -1,0 +1,293 @@
+"""Method overhead: a full Suave / Daino training step vs the backbone work it cannot avoid.
+
+The step is the engine's own ``Trainer.train_step`` (schedules, autocast, method step, finite
+check, backward, LARS/AdamW update, prototype normalisation or EMA teacher). The baseline is
+the irreducible part on the same crops: the backbone's forward + backward over all crops and the
+labeled images (same-size inputs batched together), plus for Daino the teacher backbone's
+forward on the global crops without gradients. ``step / baseline`` is the method's overhead
+(projector/head, Sinkhorn-Knopp, queue, losses, optimiser, EMA); the goal is <= 1.10.
+
+CPU default: ResNet-18 at 2x64 + 4x32 px crops, batch 16 unlabeled + 8 labeled, 100 classes.
+GPU (paper scale):
+  python benchmarks/bench_step.py --backbone resnet50 --global_size 224 --local_size 96 \
+      --num_local 6 --batch 64+32 --num_classes 1000 --precision fp16 --channels_last
+  python benchmarks/bench_step.py --methods daino --backbone vit_small --global_size 224 \
+      --local_size 96 --num_local 8 --batch 64+32 --num_classes 1000 --compile
+The last lines printed are the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from types import SimpleNamespace
+
+import benchlib  # noqa: F401  (sets sys.path and the torchvision shim first)
+import torch
+from benchlib import environment, interleaved, median, parse_batch, pick_device, spread
+
+from common.config import from_dict
+from common.engine import Trainer, step_generator
+from common.method import StepContext
+from common.models.multicrop import forward_multicrop
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--methods", default="suave,daino", help="comma list: suave,daino")
+    p.add_argument("--backbone", default="resnet18", help="name from common/models/factory.py")
+    p.add_argument("--num_global", type=int, default=2)
+    p.add_argument("--global_size", type=int, default=64)
+    p.add_argument("--num_local", type=int, default=4)
+    p.add_argument("--local_size", type=int, default=32)
+    p.add_argument("--batch", default="16+8", help="unlabeled+labeled images per step")
+    p.add_argument("--num_classes", type=int, default=100)
+    p.add_argument("--queue_length", type=int, default=3840, help="Suave queue (pre-filled)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
+    p.add_argument("--reps", type=int, default=10, help="timed steps per variant")
+    p.add_argument("--profile", type=int, default=0, help="profile N steps per method, print ops")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU seconds (steadier on a busy shared CPU)",
+    )
+    return p.parse_args(argv)
+
+
+def run_config(method: str, args, device: torch.device):
+    """The method's run configuration for this benchmark (paper defaults otherwise)."""
+    b_u, b_l = parse_batch(args.batch)
+    data = dict(
+        num_global=args.num_global, global_size=args.global_size, num_local=args.num_local,
+        local_size=args.local_size, labeled_size=args.global_size,
+    )  # fmt: skip
+    train = dict(
+        epochs=1, batch_size_unlabeled=b_u, batch_size_labeled=b_l, precision=args.precision,
+        channels_last=args.channels_last, compile=args.compile, device=device.type,
+        sync_bn=False,
+    )  # fmt: skip
+    sections = {"data": data, "model": {"backbone": args.backbone}, "train": train}
+    if method == "suave":
+        from suave.method import SuaveRunConfig, build_suave
+
+        sections["suave"] = {"queue_length": args.queue_length}
+        return from_dict(SuaveRunConfig, sections), build_suave
+    from daino.method import DainoRunConfig, build_daino
+
+    return from_dict(DainoRunConfig, sections), build_daino
+
+
+def synthetic_batch(cfg, num_classes: int, device: torch.device, channels_last: bool) -> dict:
+    """Loader-shaped batch already on the device (the benchmark times compute, not loading)."""
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    b_u, b_l = cfg.train.batch_size_unlabeled, cfg.train.batch_size_labeled
+    d = cfg.data
+    sizes = [d.global_size] * d.num_global + [d.local_size] * d.num_local
+
+    def images(n, size):
+        x = torch.randn(n, 3, size, size, generator=g)
+        return x.to(device).contiguous(memory_format=fmt)
+
+    batch = {"unlabeled": [images(b_u, s) for s in sizes]}
+    if b_l:
+        batch["labeled"] = images(b_l, d.labeled_size)
+        batch["labels"] = torch.randint(0, num_classes, (b_l,), generator=g).to(device)
+    return batch
+
+
+class Stopwatch:
+    """Wraps a callable and accumulates its wall time (device-synchronised) while enabled."""
+
+    def __init__(self, fn, device: torch.device):
+        self.fn, self.device, self.enabled, self.total = fn, device, False, 0.0
+
+    def __call__(self, *args, **kwargs):
+        if not self.enabled:
+            return self.fn(*args, **kwargs)
+        now = benchlib.clock(self.device)
+        benchlib.synchronize(self.device)
+        tic = now()
+        out = self.fn(*args, **kwargs)
+        benchlib.synchronize(self.device)
+        self.total += now() - tic
+        return out
+
+
+class MethodBench:
+    """One method inside a real ``Trainer``, plus its backbone-only baseline."""
+
+    def __init__(self, name: str, args, device: torch.device, run_dir: str):
+        self.name, self.device = name, device
+        cfg, build = run_config(name, args, device)
+        self.cfg = cfg
+        self.method = build(cfg, args.num_classes, 1)
+        data = SimpleNamespace(steps_per_epoch=100_000)
+        self.trainer = Trainer(
+            self.method, data, None, cfg.train, cfg.optim, device, f"{run_dir}/{name}",
+            {}, print_every=10**9,
+        )  # fmt: skip
+        self.batch = synthetic_batch(cfg, args.num_classes, device, args.channels_last)
+        self.step = 0
+        self.amp = self.trainer.amp
+        self._build_baseline(args)
+        self._instrument()
+        if name == "suave":
+            self._fill_queue()
+
+    def _build_baseline(self, args) -> None:
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        net = self.method.trainable
+        self.backbone = copy.deepcopy(net.backbone).to(memory_format=fmt)
+        self.teacher = None
+        if self.name == "daino":
+            self.teacher = copy.deepcopy(self.method.teacher.backbone).to(memory_format=fmt)
+        if args.compile:
+            self.backbone.compile()
+            if self.teacher is not None:
+                self.teacher.compile()
+
+    def _instrument(self) -> None:
+        """Stopwatches on the method-specific target computation (off while timing steps)."""
+        if self.name == "suave":
+            self.watch = Stopwatch(self.method._assignments, self.device)
+            self.method._assignments = self.watch
+            self.watch_label = "Sinkhorn-Knopp + queue"
+        else:
+            self.watch = Stopwatch(self.method.loss.forward, self.device)
+            self.method.loss.forward = self.watch
+            self.watch_label = "DINO loss + centering"
+
+    def _fill_queue(self) -> None:
+        queue = self.method.queue
+        if queue is None:
+            return
+        with torch.no_grad():
+            queue.embeddings.copy_(torch.nn.functional.normalize(
+                torch.randn_like(queue.embeddings), dim=-1))  # fmt: skip
+            queue.filled.fill_(queue.length)
+
+    def train_step(self) -> None:
+        t = self.trainer
+        ctx = StepContext(
+            self.step, 0, self.step, t.spe, t.total_steps, self.device,
+            step_generator(0, self.step, 0),
+        )  # fmt: skip
+        t.train_step(self.batch, ctx)
+        self.step += 1
+
+    def baseline_step(self) -> None:
+        """Backbone forward+backward on every crop and labeled image (+ teacher forward)."""
+        batch = self.batch
+        # Both methods feed labeled, globals, locals: same-size runs share one backbone call.
+        inputs = ([batch["labeled"]] if "labeled" in batch else []) + list(batch["unlabeled"])
+        self.backbone.zero_grad(set_to_none=True)
+        with self.amp():
+            feats = forward_multicrop(self.backbone, inputs)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    globals_ = batch["unlabeled"][: self.cfg.data.num_global]
+                    forward_multicrop(self.teacher, globals_)
+        feats.float().mean().backward()
+
+    def peak_memory(self, fn) -> str:
+        if self.device.type != "cuda":
+            return "n/a (CPU)"
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        fn()
+        torch.cuda.synchronize(self.device)
+        return f"{torch.cuda.max_memory_allocated(self.device) / 2**30:.2f} GiB"
+
+    def images_per_step(self) -> tuple[int, int]:
+        b_u, b_l = self.cfg.train.batch_size_unlabeled, self.cfg.train.batch_size_labeled
+        return b_u + b_l, b_u * len(self.batch["unlabeled"]) + b_l
+
+
+def profile(benches: list[MethodBench], steps: int, device: torch.device) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    sort = "self_cpu_time_total"
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        sort = "self_cuda_time_total"
+    for bench in benches:
+        with torch_profile(activities=activities) as prof:
+            for _ in range(steps):
+                bench.train_step()
+            benchlib.synchronize(device)
+        print(f"\n=== profile: {bench.name}, {steps} steps, top ops by {sort} ===")
+        print(prof.key_averages().table(sort_by=sort, row_limit=18))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    benchlib.set_clock(args.clock)
+    torch.manual_seed(0)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    with tempfile.TemporaryDirectory() as run_dir:
+        benches = [MethodBench(name, args, device, run_dir) for name in names]
+        variants = {}
+        for b in benches:
+            variants[f"{b.name}_step"] = b.train_step
+            variants[f"{b.name}_backbone"] = b.baseline_step
+        times = interleaved(variants, args.reps, device, warmup=args.warmup)
+        # Instrumented steps (extra synchronisations) only for the target-computation share.
+        shares = {}
+        for b in benches:
+            b.watch.enabled, b.watch.total = True, 0.0
+            reps = max(3, args.reps // 2)
+            step_times = [benchlib.timed(b.train_step, device) for _ in range(reps)]
+            b.watch.enabled = False
+            shares[b.name] = (b.watch.total / len(step_times), median(step_times))
+        memory = {}
+        for b in benches:
+            memory[b.name] = (b.peak_memory(b.train_step), b.peak_memory(b.baseline_step))
+        if args.profile:
+            profile(benches, args.profile, device)
+
+    print(f"\nenvironment: {environment(device)}")
+    print(
+        f"setup: backbone {args.backbone}, crops {args.num_global}x{args.global_size} + "
+        f"{args.num_local}x{args.local_size} px, batch {args.batch} (unlabeled+labeled), "
+        f"K={args.num_classes}, precision {args.precision}, channels_last {args.channels_last}, "
+        f"compile {args.compile}, {args.reps} interleaved reps (median [IQR] {args.clock} seconds)"
+    )
+    results = {}
+    for b in benches:
+        step, base = median(times[f"{b.name}_step"]), median(times[f"{b.name}_backbone"])
+        images, crops = b.images_per_step()
+        watch, watched_step = shares[b.name]
+        mem_step, mem_base = memory[b.name]
+        print(
+            f"{b.name}: train step  {spread(times[f'{b.name}_step'])} s, "
+            f"{images / step:.1f} images/s ({crops / step:.1f} crops/s), peak mem {mem_step}"
+        )
+        print(
+            f"{b.name}: backbone    {spread(times[f'{b.name}_backbone'])} s, "
+            f"{images / base:.1f} images/s, peak mem {mem_base}"
+        )
+        print(f"{b.name}: {b.watch_label}: {watch * 1e3:.2f} ms per step = "
+              f"{100 * watch / watched_step:.2f}% of the step")  # fmt: skip
+        results[b.name] = {"step_s": step, "backbone_s": base, "ratio": step / base,
+                           "target_share": watch / watched_step}  # fmt: skip
+    for name, r in results.items():
+        verdict = "ok" if r["ratio"] <= 1.10 else "ABOVE GOAL"
+        print(f"RATIO {name} step/backbone = {r['ratio']:.3f} (goal <= 1.10: {verdict})")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Networks to evaluate, from our run checkpoints or the official SwAV / DINO releases.
+
+Our checkpoints are rebuilt from the config saved inside them; only the evaluated network is
+built (Suave: ``net``, Daino: the ``teacher``), never the training state (queue, optimiser), so a
+checkpoint from any number of processes loads. Its prototypes are a classifier only when the run
+had labels (then prototype k is class k); zero-label (SwAV / DINO) prototypes are clusters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.checkpoint import load_file, load_state_strict, select_weights
+from common.config import from_dict
+from common.errors import UserError
+from common.models.factory import build_backbone
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "ours", "swav", "dino")
+_VIT_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
+
+
+@dataclass
+class EvalModel:
+    """A network in eval mode with a feature extractor and, for ours, the prototype classifier."""
+
+    module: nn.Module
+    features: Callable[[torch.Tensor], torch.Tensor]
+    classify: Callable[[torch.Tensor], torch.Tensor] | None
+    kind: str  # suave | daino | swav | dino
+    arch: str
+    num_prototypes: int | None = None
+    run_config: dict | None = None  # ours: the saved training config (data defaults)
+    notes: list[str] = field(default_factory=list)
+
+
+def _has_labels(config: dict) -> bool:
+    data = config.get("data", {})
+    return bool(data.get("label_list")) or bool(data.get("labels_per_class"))
+
+
+def _our_model(path: str, ckpt: dict) -> EvalModel:
+    meta, config = ckpt.get("meta", {}), ckpt.get("config")
+    if not isinstance(config, Mapping):
+        raise UserError(f"checkpoint {path} has no saved config: cannot rebuild its network")
+    method = meta.get("method")
+    if method == "suave":
+        from suave.method import SuaveNetwork, SuaveRunConfig
+
+        cfg = from_dict(SuaveRunConfig, dict(config))
+        prefix, proto_key = "net.", "net.prototypes.weight"
+    elif method == "daino":
+        from daino.method import DainoNetwork, DainoRunConfig
+
+        cfg = from_dict(DainoRunConfig, dict(config))
+        prefix, proto_key = "teacher.", "teacher.head.last_layer.parametrizations.weight.original1"
+    else:
+        raise UserError(f"checkpoint {path} is from method {method!r}, not suave or daino")
+    if proto_key not in ckpt["model"]:
+        raise UserError(f"checkpoint {path} lacks {proto_key}: not a complete {method} model")
+    num_protos = int(ckpt["model"][proto_key].shape[0])
+    backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
+    if method == "suave":
+        net = SuaveNetwork(backbone, feat_dim, cfg.suave, num_protos)
+        classify = lambda x: net([x])[1]  # noqa: E731
+    else:
+        net = DainoNetwork(backbone, feat_dim, cfg.daino, num_protos)
+        classify = lambda x: net([x])  # noqa: E731
+    load_state_strict(net, select_weights(ckpt, {prefix: ""}), path, f"{method} network")
+    model = EvalModel(net, net.backbone, None, method, cfg.model.backbone, num_protos, dict(config))
+    supervised = meta.get("supervised", _has_labels(config))  # older checkpoints: the config
+    if supervised and num_protos == meta.get("num_classes"):
+        model.classify = classify
+    else:
+        model.notes.append(f"{num_protos} prototypes are clusters (trained without labels)")
+    return model
+
+
+def _state_of(obj) -> dict:
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        return {}
+    out = {}
+    for key, value in obj.items():
+        key = str(key)
+        for prefix in ("module.", "backbone."):
+            key = key[len(prefix) :] if key.startswith(prefix) else key
+        out[key] = value
+    return out
+
+
+def sniff_foreign(obj, path: str) -> tuple[str, str]:
+    """(format, default arch) of an official file, from its keys and shapes."""
+    if isinstance(obj, Mapping) and ("teacher" in obj or "student" in obj):
+        inner = obj.get("teacher", obj.get("student"))
+        state = _state_of(inner)
+        fmt = "dino"
+    else:
+        state = _state_of(obj)
+        fmt = None
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    patch = tensors.get("patch_embed.proj.weight")
+    if patch is not None:
+        width = int(patch.shape[0])
+        if width not in _VIT_BY_WIDTH:
+            raise UserError(f"checkpoint {path}: ViT width {width} is not a known architecture")
+        return "dino", _VIT_BY_WIDTH[width]
+    if "layer1.0.conv1.weight" in tensors:
+        if "layer4.0.conv3.weight" in tensors:
+            arch = "resnet50"
+        else:
+            arch = "resnet34" if "layer3.5.conv1.weight" in tensors else "resnet18"
+        return fmt or "swav", arch
+    raise UserError(
+        f"cannot tell what {path} holds (not ours, no ResNet or ViT weights): pass --format/--arch"
+    )
+
+
+def load_eval_model(
+    path: str, fmt: str = "auto", arch: str | None = None, which: str = "teacher"
+) -> EvalModel:
+    """Build the network stored in ``path`` (our run checkpoint or an official release)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown checkpoint format '{fmt}' (choose from {', '.join(FORMATS)})")
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if fmt in ("auto", "ours"):
+        try:
+            ckpt = load_file(path)
+        except UserError:  # an official file (or garbage, which the official reader reports)
+            if fmt == "ours":
+                raise
+        else:
+            return _our_model(path, ckpt)
+    from common.models import pretrained
+
+    guessed_fmt, guessed_arch = sniff_foreign(pretrained.read_checkpoint(path), path)
+    fmt = guessed_fmt if fmt == "auto" else fmt
+    arch = arch or guessed_arch
+    backbone, _ = build_backbone(arch)
+    if fmt == "swav":
+        report = pretrained.load_swav_backbone(backbone, path)
+    else:
+        report = pretrained.load_dino_backbone(backbone, path, which)
+    log.info("loaded %s backbone %s: %s", fmt, arch, report)
+    return EvalModel(backbone, backbone, None, fmt, arch, notes=["no class prototypes"])

@@ -1,0 +1,123 @@
+"""Supervised-only baseline: the labeled half of Suave, without any unlabeled loss.
+
+Same backbone, same labeled views, same classifier (projector -> L2 -> unit-norm prototypes,
+cosine / temperature; or a plain linear layer) and the same label-smoothed cross-entropy as
+Suave's labeled term. Trained by the same engine for the same number of steps, it measures
+what the unlabeled images add (``benchmarks/bench_label_efficiency.py``). The loader still
+yields unlabeled crops (it sets the step count); this method ignores them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.data import DataConfig
+from common.engine import TrainConfig
+from common.errors import UserError
+from common.logging_utils import LogConfig
+from common.losses import labeled_loss
+from common.method import Method, StepContext, StepOutput
+from common.models.factory import ModelConfig, build_backbone
+from common.models.heads import Prototypes, build_projector
+from common.optim import OptimConfig
+
+
+@dataclass
+class SupervisedConfig:
+    head: Literal["prototypes", "linear"] = "prototypes"
+    projector_hidden_dim: int = 2048  # prototypes head only (as suave.projector_hidden_dim)
+    embed_dim: int = 128
+    temperature: float = 0.1  # prototypes head: logits = cosine / temperature
+    label_smoothing: float = 0.01
+
+    def validate(self) -> None:
+        if self.temperature <= 0 or not 0 <= self.label_smoothing < 1:
+            raise UserError("supervised.temperature > 0 and 0 <= label_smoothing < 1")
+
+
+@dataclass
+class SupervisedRunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+
+    def validate(self) -> None:
+        if self.train.batch_size_labeled < 1:
+            raise UserError("the supervised baseline needs train.batch_size_labeled >= 1")
+
+
+class PrototypeClassifier(nn.Module):
+    """Backbone -> projector -> L2-normalise -> prototypes (Suave's network), or -> Linear."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SupervisedConfig, classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.use_prototypes = cfg.head == "prototypes"
+        if self.use_prototypes:
+            self.projector = build_projector(feat_dim, cfg.projector_hidden_dim, cfg.embed_dim)
+            self.prototypes = Prototypes(cfg.embed_dim or feat_dim, classes)
+        else:
+            self.linear = nn.Linear(feat_dim, classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(images)
+        if not self.use_prototypes:
+            return self.linear(feats)
+        return self.prototypes(F.normalize(self.projector(feats), dim=1))
+
+
+class Supervised(Method):
+    name = "supervised"
+
+    def __init__(self, cfg: SupervisedRunConfig, num_classes: int, world_size: int = 1):
+        super().__init__()
+        self.cfg, self.scfg = cfg, cfg.supervised
+        self.num_classes = num_classes
+        backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
+        self.net = PrototypeClassifier(backbone, feat_dim, self.scfg, num_classes)
+        # Cosine scores need the temperature; a linear head's logits are used as they are.
+        self.logit_scale = 1.0 / self.scfg.temperature if self.net.use_prototypes else 1.0
+
+    @property
+    def trainable(self) -> nn.Module:
+        return self.net
+
+    def replace_trainable(self, module: nn.Module) -> None:
+        self.net = module
+
+    def meta(self) -> dict:
+        return {"method": self.name, "backbone": self.cfg.model.backbone,
+                "num_classes": self.num_classes}  # fmt: skip
+
+    def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
+        scores = self.forward_trainable(batch["labeled"])
+        loss = labeled_loss(scores, batch["labels"], 1.0 / self.logit_scale,
+                            self.scfg.label_smoothing)  # fmt: skip
+        pred = scores.detach().argmax(dim=1)
+        acc = float((pred == batch["labels"]).float().mean()) * 100
+        return StepOutput(loss, {"loss_labeled": loss}, {"train_labeled_acc": acc})
+
+    @torch.no_grad()
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        if self.net.use_prototypes:
+            self.net.prototypes.normalize_()
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.backbone(images)
+
+
+def build_supervised(cfg: SupervisedRunConfig, num_classes: int, world_size: int) -> Supervised:
+    if cfg.model.init:
+        raise UserError("the supervised baseline trains from scratch (model.init is not supported)")
+    return Supervised(cfg, num_classes, world_size)

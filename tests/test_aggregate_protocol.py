@@ -1,0 +1,136 @@
+"""Results table (mean ± sample std per setting) and the CIFAR-100 protocol command (dry run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import statistics
+
+import pytest
+import yaml
+
+from scripts import aggregate_results, cifar100_protocol
+from tests.helpers import assert_cli_error
+
+
+def fake_run(run_dir, method, per_class, seed, top1_by_epoch, dataset="cifar100", summary=True):
+    """A finished run directory as train_main leaves it (config, metrics, summary, checkpoint)."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pth").write_bytes(b"")
+    config = {"data": {"dataset": dataset, "root": "data/x", "labels_per_class": per_class,
+                       "split_seed": seed}, "train": {"seed": seed}, method: {}}  # fmt: skip
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    with (run_dir / "metrics_epoch.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "epoch", "val_top1", "val_top5"])
+        for epoch, top1 in enumerate(top1_by_epoch):
+            writer.writerow([epoch * 10 + 9, epoch, top1, min(100, top1 + 20)])
+    if summary:
+        (run_dir / "summary.json").write_text(
+            json.dumps({"step": 30, "val_top1": top1_by_epoch[-1]})
+        )
+    return run_dir
+
+
+def test_mean_and_sample_std_per_setting(tmp_path):
+    finals = [60.0, 62.5, 66.1]
+    runs = [fake_run(tmp_path / f"suave_400_s{s}", "suave", 4, s, [5.0, 30.0, top1], summary=s != 1)
+            for s, top1 in enumerate(finals)]  # fmt: skip
+    runs.append(fake_run(tmp_path / "daino_2500_s0", "daino", 25, 0, [70.0]))
+    paths = [*map(str, runs[:2]), str(runs[2] / "metrics_epoch.csv"), str(runs[3])]
+    groups = aggregate_results.main([*paths, "--output", str(tmp_path / "table")])
+    suave = next(g for g in groups if g.method == "suave")
+    assert (suave.dataset, suave.labels, suave.values) == ("cifar100", "400", finals)
+    assert suave.mean == pytest.approx(sum(finals) / 3)
+    assert suave.std == pytest.approx(statistics.stdev(finals))  # ddof=1 (ddof=0 would be 2.504)
+    assert suave.std == pytest.approx(3.06649, abs=1e-4) and suave.paper == 64.6
+    daino = next(g for g in groups if g.method == "daino")
+    assert daino.labels == "2500" and daino.paper == 75.2
+
+    md = (tmp_path / "table.md").read_text()
+    assert "sample std, ddof=1" in md
+    assert "| suave | cifar100 | 400 | 3 | 62.87 ± 3.07 | 64.6 |" in md
+    assert "| daino | cifar100 | 2500 | 1 | 70.00 ± n/a | 75.2 |" in md
+    with (tmp_path / "table.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["mean"] == "62.8667" and rows[0]["std_ddof1"] == "3.0665"
+    assert rows[0]["values"] == "60;62.5;66.1" and rows[1]["std_ddof1"] == ""
+
+
+def test_aggregate_other_metric_and_errors(tmp_path, capsys):
+    run = fake_run(tmp_path / "r_s0", "suave", 4, 0, [50.0])
+    (run / "eval_last.json").write_text(json.dumps({"knn": {"top1": 41.5, "top5": 80.0}}))
+    other = fake_run(tmp_path / "r_s1", "suave", 4, 1, [52.0])  # has no eval_*.json
+    groups = aggregate_results.main([str(run), str(other), "--metric", "knn_top1", "--out",
+                                     str(tmp_path / "res" / "t.md")])  # fmt: skip
+    assert groups[0].values == [41.5] and "skipped: no 'knn_top1'" in capsys.readouterr().err
+    assert (tmp_path / "res" / "t.md").is_file() and (tmp_path / "res" / "t.csv").is_file()
+    assert_cli_error(capsys, aggregate_results.main, [str(run), "--metric", "linear_top1"],
+                     r"no 'linear_top1' in .*r_s0")  # fmt: skip
+    assert_cli_error(capsys, aggregate_results.main, [str(tmp_path / "nope")], r"run not found")
+
+
+def commands(capsys, argv):
+    capsys.readouterr()
+    assert cifar100_protocol.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return [shlex.split(line) for line in lines if not line.startswith("#")]
+
+
+def overrides(cmd):
+    return dict(item.split("=", 1) for item in cmd if "=" in item and not item.startswith("-"))
+
+
+def test_protocol_dry_run_with_self_supervised_stage(tmp_path, capsys):
+    out = tmp_path / "proto"
+    cmds = commands(capsys, ["--method", "suave", "--ssl_epochs", "7", "--dry_run",
+                             "--output_dir", str(out), "train.precision=bf16"])  # fmt: skip
+    assert len(cmds) == 1 + 9 and not out.exists()  # nothing written, nothing run
+    ssl, runs = cmds[0], cmds[1:]
+    assert ssl[1].endswith("main_suave.py") and ssl[ssl.index("--config") + 1].endswith(
+        "suave/configs/cifar100_ssl.yaml")  # fmt: skip
+    o = overrides(ssl)
+    assert o["data.labels_per_class"] == "0" and o["train.epochs"] == "7"
+    assert o["train.precision"] == "bf16" and o["data.dataset"] == "cifar100"
+    ckpt = str(out / "suave_cifar100_ssl" / "checkpoints" / "last.pth")
+    seen = set()
+    for cmd in runs:
+        o = overrides(cmd)
+        name = cmd[cmd.index("--name") + 1]
+        labels = {"4": "400", "25": "2500", "100": "10000"}[o["data.labels_per_class"]]
+        assert o["data.split_seed"] == o["train.seed"] and name == (
+            f"suave_cifar100_{labels}_s{o['train.seed']}")  # fmt: skip
+        assert cmd[cmd.index("--config") + 1].endswith(f"suave/configs/cifar100_{labels}.yaml")
+        assert cmd[cmd.index("--init") + 1] == ckpt and o["model.init_projector"] == "true"
+        seen.add((labels, o["train.seed"]))
+    assert seen == {(n, s) for n in ("400", "2500", "10000") for s in "012"}
+
+
+def test_protocol_dry_run_launcher_other_dataset_and_skips(tmp_path, capsys, cifar10_mini):
+    out = tmp_path / "proto"
+    fake_run(out / "daino_cifar10-mini_50_s0", "daino", 5, 0, [30.0])  # already finished
+    cmds = commands(capsys, ["--method", "daino", "--dataset", "imagefolder", "--data_root",
+                             str(cifar10_mini), "--labels", "50,250", "--seeds", "0,1",
+                             "--mode", "slurm", "--num_gpus", "1", "--dry_run",
+                             "--output_dir", str(out)])  # fmt: skip
+    assert len(cmds) == 3  # 2 settings x 2 seeds, one done
+    for cmd in cmds:
+        assert cmd[1].endswith("job_launcher.py") and cmd[cmd.index("--mode") + 1] == "slurm"
+        assert "--init" not in cmd and overrides(cmd)["data.root"] == str(cifar10_mini)
+    assert {overrides(c)["data.labels_per_class"] for c in cmds} == {"5", "25"}
+
+
+def test_protocol_aggregate_only_and_bad_input(tmp_path, capsys):
+    out = tmp_path / "proto"
+    for seed, top1 in enumerate([61.0, 63.0, 62.0]):
+        fake_run(out / f"daino_cifar100_400_s{seed}", "daino", 4, seed, [top1])
+    assert cifar100_protocol.main(["--method", "daino", "--labels", "400", "--aggregate_only",
+                                   "--output_dir", str(out)]) == 0  # fmt: skip
+    md = (out / "results_daino_cifar100.md").read_text()
+    assert "| daino | cifar100 | 400 | 3 | 62.00 ± 1.00 | 61.1 |" in md
+    assert_cli_error(capsys, cifar100_protocol.main, ["--method", "suave", "--labels", "450"],
+                     r"450 labels cannot be split evenly over 100 classes")  # fmt: skip
+    assert_cli_error(capsys, cifar100_protocol.main, ["--method", "suave", "--seeds", "a"],
+                     r"--seeds must be a comma list")  # fmt: skip
+    assert_cli_error(capsys, cifar100_protocol.main, ["--method", "nope"], r"invalid choice")

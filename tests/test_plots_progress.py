@@ -1,0 +1,119 @@
+"""Run plots (real PNGs from synthetic metrics) and the terminal progress bar."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.logging_utils import MetricsCSV
+from common.plots import main as plots_main
+from common.plots import plot_run
+from common.progress import ProgressBar
+from tests.helpers import assert_cli_error
+
+
+def synthetic_run(run_dir, steps=60, epochs=3):
+    step_csv = MetricsCSV(run_dir / "metrics_step.csv")
+    for s in range(steps):
+        row = {"step": s, "epoch": s // 20, "lr": 0.1, "loss": 4 * math.exp(-s / 30) + 0.5,
+               "loss_unlabeled": 4 * math.exp(-s / 25) + 0.4}  # fmt: skip
+        if s >= 10:  # a term that appears later: the CSV header grows
+            row["loss_labeled"] = 3 * math.exp(-s / 15) + 0.2
+        row["images_per_s"] = 100.0
+        step_csv.write(row)
+    epoch_csv = MetricsCSV(run_dir / "metrics_epoch.csv")
+    for e in range(epochs):
+        epoch_csv.write({"step": 20 * e + 19, "epoch": e, "val_top1": 10 + 15 * e,
+                         "val_top5": 40 + 20 * e})  # fmt: skip
+
+
+def assert_real_plot(path):
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size == (700, 420)
+        pixels = np.asarray(img.convert("RGB"))
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert len(colours) > 20  # lines, text, antialiasing: not a blank or flat image
+    non_white = np.any(pixels < 250, axis=2).mean()
+    assert 0.02 < non_white < 0.6, non_white
+    # coloured curves: some pixels are clearly not grey
+    spread = pixels.max(axis=2).astype(int) - pixels.min(axis=2).astype(int)
+    assert (spread > 80).mean() > 0.001
+
+
+def test_plots_are_real_pngs(tmp_path):
+    synthetic_run(tmp_path)
+    written = plot_run(tmp_path)
+    assert [p.name for p in written] == ["loss.png", "accuracy.png"]
+    for path in written:
+        assert_real_plot(path)
+
+
+def test_plots_cli_and_missing_data(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    synthetic_run(run, epochs=0)  # no epoch rows: only the loss plot
+    assert plots_main([str(run)]) == [run / "loss.png"]
+    assert_cli_error(capsys, plots_main, [str(tmp_path / "nope")], r"run directory not found")
+    (tmp_path / "empty").mkdir()
+    assert_cli_error(capsys, plots_main, [str(tmp_path / "empty")], r"nothing to plot")
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.filterwarnings("error")  # a loss tensor that requires grad is read without a warning
+def test_progress_bar_on_a_terminal_keeps_log_lines_apart():
+    stream = FakeTTY()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        bar = ProgressBar(10, "epoch 0", stream=stream, min_interval=0.0)
+        assert bar.enabled
+        for i in range(1, 11):
+            bar.update(i, loss=torch.tensor(2.0 / i, requires_grad=True) * 1)
+            if i == 5:
+                logging.getLogger("test").info("a log record")
+        bar.close()
+        assert handler.stream is stream  # console handler restored
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    text = stream.getvalue()
+    assert "epoch 0 [############.............] 5/10" in text
+    assert "10/10" in text and "loss 0.2" in text and "it/s" in text
+    # the record starts on a cleared line and ends with a newline before the bar returns
+    assert "\r\x1b[Ka log record\n\r" in text
+    assert text.endswith("\n")
+
+
+def test_progress_bar_elsewhere_only_logs_a_summary(caplog):
+    stream = io.StringIO()  # not a terminal
+    bar = ProgressBar(8, "epoch 3", start=2, stream=stream)
+    assert not bar.enabled
+    with caplog.at_level(logging.INFO, logger="common.progress"):
+        for i in range(3, 9):
+            bar.update(i, loss=1.0)
+        bar.close()
+        bar.close()
+    assert stream.getvalue() == ""
+    lines = [r.getMessage() for r in caplog.records if r.name == "common.progress"]
+    assert len(lines) == 1 and lines[0].startswith("epoch 3: 8/8 steps in")
+
+
+@pytest.mark.parametrize("done", [0, 4])
+def test_progress_text_before_and_during(done):
+    bar = ProgressBar(4, "e", stream=io.StringIO(), enabled=False)
+    bar.update(done)
+    assert f"{done}/4" in bar.text()
