@@ -58,7 +58,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="model images/s to compare with (0: measure the backbone here)",
     )
     p.add_argument("--model_backbone", default="", help="backbone of the quick measure")
-    p.add_argument("--model_batch", type=int, default=8, help="unlabeled batch of the measure")
+    p.add_argument(
+        "--model_batch",
+        type=int,
+        default=0,
+        help="unlabeled batch of the measure (0: 32 cifar, 4 paper)",
+    )
+    p.add_argument(
+        "--model_threads",
+        type=int,
+        default=1,
+        help="torch threads of the measure (1: images per core, like a worker)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--clock",
@@ -164,8 +175,13 @@ def main(argv=None) -> dict:
             consume, how = args.model_rate, "given"
         else:
             backbone = args.model_backbone or MODEL_BACKBONE[name]
-            consume = model_rate(cfg, backbone, args.model_batch, device)
-            how = f"{backbone} fwd+bwd, batch {args.model_batch}+{max(1, args.model_batch // 2)}"
+            batch = args.model_batch or (32 if name == "cifar" else 4)
+            torch.set_num_threads(args.model_threads)
+            consume = model_rate(cfg, backbone, batch, device)
+            torch.set_num_threads(model_threads)
+            how = f"{backbone} fwd+bwd, batch {batch}+{max(1, batch // 2)}"
+            if device.type == "cpu":
+                how += f", {args.model_threads} thread(s)"
         results[name] = {"rates": rates, "model_rate": consume}
         crops = f"{cfg.num_global}x{cfg.global_size} + {cfg.num_local}x{cfg.local_size} px"
         print(f"\n[{name}] {crops} crops of {args.root} ({images} images/rep, "
