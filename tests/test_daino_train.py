@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import main_daino
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,7 @@ def test_short_training_learns(tmp_path, cifar10_mini):
     assert saved["val_top1"] == summary["val_top1"]
 
 
+@pytest.mark.slow  # tests/test_resume.py checks Daino resume bitwise in CI
 def test_resume_after_kill_continues_from_saved_step(tmp_path, cifar10_mini):
     """SIGKILL after the first checkpoint, then --resume: the run continues where it was saved,
     recomputes the lost steps identically and ends like an uninterrupted run would."""

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.dist_utils import free_port
 from tests.reliability_utils import start_entry
 
@@ -91,6 +93,7 @@ def test_stalled_rank_is_given_up_after_the_timeout(tmp_path, tiny_data):
     assert waited < 8 + 30
 
 
+@pytest.mark.slow
 def test_missing_rank_at_start_times_out_without_touching_the_run(tmp_path, tiny_data):
     """Only rank 0 of 2 starts: it gives up forming the group after the timeout, in one line,
     before anything is written."""
