@@ -32,7 +32,8 @@ from suave.method import SuaveRunConfig, build_suave
 SHARED_RECIPE = {
     "data": {
         "dataset": "imagefolder", "normalization": "cifar", "num_global": 2, "global_size": 24,
-        "global_scale": [0.3, 1.0], "num_local": 2, "local_size": 12, "jitter": [0.4, 0.4, 0.4, 0.1],
+        "global_scale": [0.3, 1.0], "num_local": 2, "local_size": 12,
+        "jitter": [0.4, 0.4, 0.4, 0.1],
         "local_scale": [0.1, 0.3], "global_blur": [0.0, 0.0], "local_blur": 0.0,
         "labeled_size": 24, "labeled_scale": [0.3, 1.0], "eval_size": 24, "eval_resize": 24,
         "num_workers": 2,

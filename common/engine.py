@@ -27,6 +27,7 @@ from common.checkpoint import (
     load_state_strict,
     save_checkpoint,
 )
+from common.data.loaders import stop_workers
 from common.errors import NonFiniteLossError, UserError
 from common.evaluation import evaluate_classifier
 from common.logging_utils import MetricsCSV, WandbLogger
@@ -280,7 +281,11 @@ class Trainer:
         self.method.after_optimizer_step(ctx)
         return out
 
-    def _log_step(self, out, ctx: StepContext, images_per_s: float, num_bad: int) -> None:
+    def _log_step(
+        self, out, ctx: StepContext, images_per_s: float, data_wait: float, num_bad: int
+    ) -> None:
+        """``data_wait``: share of the wall time spent waiting for the loader (0: never
+        starved; near 1: add ``data.num_workers``)."""
         names = ["loss", *out.terms]
         values = torch.stack(
             [out.loss.detach().float(), *[v.detach().float() for v in out.terms.values()]]
@@ -290,6 +295,7 @@ class Trainer:
         row.update({n: float(v) for n, v in zip(names, values.cpu())})
         row.update(out.metrics)
         row["images_per_s"] = images_per_s
+        row["data_wait"] = data_wait
         if num_bad:
             row["bad_images"] = num_bad
         if dist.is_main():
@@ -297,9 +303,10 @@ class Trainer:
             if self.wandb:
                 self.wandb.log({f"train/{k}": v for k, v in row.items() if k != "step"}, ctx.step)
             log.info(
-                "ep %d it %d/%d step %d | %s | lr %.4g | %.1f img/s",
+                "ep %d it %d/%d step %d | %s | lr %.4g | %.1f img/s, data wait %.0f%%",
                 ctx.epoch, ctx.iteration, self.spe, ctx.step,
                 " ".join(f"{n} {row[n]:.4f}" for n in names), row["lr"], images_per_s,
+                100 * data_wait,
             )  # fmt: skip
 
     def evaluate(self, epoch: int, step: int) -> dict:
@@ -312,6 +319,15 @@ class Trainer:
         return {"val_top1": result["top1"], "val_top5": result["top5"]}
 
     def fit(self) -> dict:
+        """Train to the last step; on any exception stop the loader workers before raising."""
+        self._iterator = None
+        try:
+            return self._fit()
+        except BaseException:
+            stop_workers(self.data.loader, self._iterator)  # exit promptly, never hang
+            raise
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         last_step = self.total_steps if not cfg.max_steps else min(cfg.max_steps, self.total_steps)
         step = self.start_step
@@ -322,10 +338,14 @@ class Trainer:
         while step < last_step:
             epoch, start_iter = divmod(step, self.spe)
             self.data.sampler.set_epoch(epoch, start_iter)
-            tic = time.perf_counter()
             bar = ProgressBar(self.spe, f"epoch {epoch}", start_iter,
                               enabled=None if dist.is_main() else False)  # fmt: skip
-            for batch in self.data.loader:
+            # Speed over the steps since the last log line, and how much of it the loader took.
+            window_start = tic = time.perf_counter()
+            window_steps, waited = 0, 0.0
+            self._iterator = iter(self.data.loader)
+            for batch in self._iterator:
+                waited += time.perf_counter() - tic
                 fault_injection_hook(step)
                 ctx = StepContext(
                     step, epoch, step - epoch * self.spe, self.spe, self.total_steps, self.device,
@@ -334,10 +354,13 @@ class Trainer:
                 bad_images += batch.pop("num_bad_images", 0)
                 out = self.train_step(batch, ctx)
                 step += 1
+                window_steps += 1
                 bar.update(step - epoch * self.spe, loss=out.loss)
                 if step % self.print_every == 0 or step == last_step:
-                    rate = images_per_step * self.world / max(time.perf_counter() - tic, 1e-9)
-                    self._log_step(out, ctx, rate, bad_images)
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    rate = images_per_step * self.world * window_steps / elapsed
+                    self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), bad_images)
+                    window_start, window_steps, waited = time.perf_counter(), 0, 0.0
                 tic = time.perf_counter()
                 if self._preemption_requested():
                     self.save(step)

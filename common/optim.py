@@ -31,13 +31,17 @@ class OptimConfig:
     trust_coefficient: float = 0.001
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float = 0.0  # max grad norm; 0 = off
-    # SGD/AdamW kernels; auto: fused on CUDA and CPU (benchmarks/bench_optim.py), else torch's
-    # default. LARS always uses foreach ops.
+    # SGD/AdamW kernels. auto: AdamW fused on CUDA and CPU (benchmarks/bench_optim.py), SGD
+    # foreach; LARS always uses foreach ops. torch's fused SGD is refused: it fails on parameters
+    # whose gradients start late (prototypes / last layer frozen in the first epoch) and writes
+    # uninitialised memory into its momentum on steps an fp16 GradScaler skips (both found on an
+    # H100, reproduced on CPU in tests/test_fast_paths.py).
     implementation: Literal["auto", "foreach", "fused", "loop"] = "auto"
 
     def validate(self) -> None:
         if self.base_lr <= 0 or self.final_lr < 0 or self.weight_decay < 0:
             raise UserError("optim.base_lr must be > 0, final_lr and weight_decay >= 0")
+        refuse_fused_sgd(self)
         if self.lr_batch_ref <= 0:
             raise UserError("optim.lr_batch_ref must be positive")
         if self.warmup_epochs < 0:
@@ -114,6 +118,14 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def refuse_fused_sgd(cfg: OptimConfig) -> None:
+    if cfg.name == "sgd" and cfg.implementation == "fused":
+        raise UserError(
+            "optim.implementation=fused is not offered for SGD (torch's fused SGD breaks on "
+            "late-starting parameters and on fp16 skipped steps): use auto or foreach"
+        )
+
+
 def build_optimizer(cfg: OptimConfig, groups: list[dict], device: torch.device):
     lr = cfg.base_lr  # overwritten every step by the schedule
     device = torch.device(device)
@@ -123,11 +135,13 @@ def build_optimizer(cfg: OptimConfig, groups: list[dict], device: torch.device):
     for group in groups:
         group.setdefault("weight_decay", cfg.weight_decay)
         group.pop("lars", None)
+    refuse_fused_sgd(cfg)
     impl = {}
     if cfg.implementation in ("foreach", "fused"):
         impl = {cfg.implementation: True}
     elif cfg.implementation == "auto" and device.type in ("cuda", "cpu"):
-        impl = {"fused": True}  # one kernel per step; on CPU 2-4x faster than foreach/loop
+        # AdamW: one kernel per step, on CPU ~4x faster than foreach/loop
+        impl = {"fused": True} if cfg.name == "adamw" else {"foreach": True}
     elif cfg.implementation == "loop":
         impl = {"foreach": False}
     if cfg.name == "sgd":

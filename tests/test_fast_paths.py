@@ -17,6 +17,7 @@ import torch
 
 from common.config import from_dict
 from common.engine import Trainer, step_generator
+from common.errors import UserError
 from common.method import StepContext
 from common.optim import OptimConfig, build_optimizer, param_groups
 
@@ -26,12 +27,12 @@ B_U, B_L = 6, 4
 OPTIM = {"name": "sgd", "base_lr": 0.05, "scale_lr": False, "warmup_epochs": 0}
 
 
-def build(method: str, tmp_path, name: str, **train) -> Trainer:
+def build(method: str, tmp_path, name: str, device: torch.device = CPU, **train) -> Trainer:
     """A Trainer over a tiny Suave/Daino (resnet_mini) with seed-0 initial weights."""
     sections = {
         "data": DATA, "model": {"backbone": "resnet_mini"}, "optim": OPTIM,
         "train": {"epochs": 1, "batch_size_unlabeled": B_U, "batch_size_labeled": B_L,
-                  "sync_bn": False, **train},
+                  "sync_bn": False, "device": device.type, **train},
     }  # fmt: skip
     if method == "suave":
         from suave.method import SuaveRunConfig as Cfg
@@ -49,7 +50,7 @@ def build(method: str, tmp_path, name: str, **train) -> Trainer:
     method_obj = make(cfg, 10, 1)
     return Trainer(
         method=method_obj, train_data=SimpleNamespace(steps_per_epoch=10), val_loader=None,
-        train_cfg=cfg.train, optim_cfg=cfg.optim, device=CPU, run_dir=tmp_path / name,
+        train_cfg=cfg.train, optim_cfg=cfg.optim, device=device, run_dir=tmp_path / name,
         config_dict={}, print_every=10**9,
     )  # fmt: skip
 
@@ -68,7 +69,7 @@ def tiny_batch(step: int) -> dict:
 def losses(trainer: Trainer, steps: int = 2) -> list[float]:
     out = []
     for step in range(steps):
-        ctx = StepContext(step, 0, step, 10, 10, CPU, step_generator(0, step, 0))
+        ctx = StepContext(step, 0, step, 10, 10, trainer.device, step_generator(0, step, 0))
         out.append(float(trainer.train_step(tiny_batch(step), ctx).loss.detach()))
     return out
 
@@ -107,39 +108,172 @@ def _compile_works() -> str:
     return ""
 
 
-@pytest.mark.slow  # compiling forward and backward takes about a minute on 2 CPU cores
-def test_compile_same_loss(tmp_path):
+@pytest.mark.slow  # compiling takes 1-2 CPU minutes (6 wall minutes on 2 busy cores)
+@pytest.mark.parametrize("method", ["suave", "daino"])  # daino: the teacher is compiled too
+def test_compile_same_loss(tmp_path, method):
     reason = _compile_works()
     if reason:
         pytest.skip(reason)
     torch._dynamo.reset()
-    plain = losses(build("suave", tmp_path, "eager"))
+    plain = losses(build(method, tmp_path, "eager"))
     tic = time.perf_counter()
-    fast = losses(build("suave", tmp_path, "compiled", compile=True))
+    fast = losses(build(method, tmp_path, "compiled", compile=True))
     print(f"compiled 2 steps in {time.perf_counter() - tic:.1f} s")
     assert fast == pytest.approx(plain, rel=1e-4, abs=1e-5)
 
 
-def _steps(name: str, impl: str, params: list[torch.Tensor], grads: list[list[torch.Tensor]]):
-    model = torch.nn.ParameterList([torch.nn.Parameter(p.clone()) for p in params])
+def _steps(name, impl, params, grads, device: torch.device = CPU) -> list[torch.Tensor]:
+    model = torch.nn.ParameterList([torch.nn.Parameter(p.clone().to(device)) for p in params])
     cfg = OptimConfig(name=name, implementation=impl, weight_decay=0.05)
-    opt = build_optimizer(cfg, param_groups(model), CPU)
+    opt = build_optimizer(cfg, param_groups(model), device)
     for group in opt.param_groups:
         group["lr"] = 0.1
     for step_grads in grads:
         for p, g in zip(model, step_grads):
-            p.grad = g.clone()
+            p.grad = g.clone().to(device)
         opt.step()
-    return [p.detach() for p in model]
+    return [p.detach().cpu() for p in model]
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 @pytest.mark.parametrize("impl", ["foreach", "fused", "auto"])
 def test_optimizer_implementations_agree(name, impl):
+    if name == "sgd" and impl == "fused":
+        pytest.skip("fused SGD is refused (test_fused_sgd_is_refused)")
     g = torch.Generator().manual_seed(0)
     shapes = [(16, 8), (16,), (4, 3, 3, 3), (7,)]
     params = [torch.randn(s, generator=g) for s in shapes]
     grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
     reference = _steps(name, "loop", params, grads)
     for ours, ref in zip(_steps(name, impl, params, grads), reference):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- CUDA
+# The same equalities on a GPU, where the switches are speed switches (skipped without one;
+# run on a lent H100, see benchmarks/RESULTS.md). TF32 is turned off so that fp32 paths are
+# compared at fp32 precision, not at TF32's 10-bit mantissa.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU = torch.device("cuda")
+
+
+@pytest.fixture
+def no_tf32():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["suave", "daino"])
+def test_cuda_fp32_matches_cpu(tmp_path, method, no_tf32):
+    cpu = losses(build(method, tmp_path, "cpu"))
+    gpu = losses(build(method, tmp_path, "gpu", device=GPU))
+    assert gpu == pytest.approx(cpu, rel=1e-3, abs=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["suave", "daino"])
+def test_cuda_channels_last_same_loss(tmp_path, method, no_tf32):
+    plain = losses(build(method, tmp_path, "plain", device=GPU))
+    fast = losses(build(method, tmp_path, "cl", device=GPU, channels_last=True))
+    assert fast == pytest.approx(plain, rel=1e-3, abs=1e-5)
+
+
+def check_mixed_precision(tmp_path, method: str, precision: str, device: torch.device) -> None:
+    """Same first loss as fp32 within ~2%, then finite training. fp16 goes through the
+    GradScaler, which skips the first steps while it finds its scale (Daino's head needs about
+    seven halvings from 2**16), leaving parameters and optimiser state untouched; bf16 needs no
+    scaler and its first update must point like fp32's."""
+    reference = build(method, tmp_path, "fp32", device=device)
+    before = flat_params(reference)
+    loss32 = losses(reference, steps=1)[0]
+    delta32 = flat_params(reference) - before
+    trainer = build(method, tmp_path, precision, device=device, precision=precision)
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    start = flat_params(trainer)
+    run = losses(trainer, steps=10)  # NonFiniteLossError if a skipped step corrupted the state
+    assert run[0] == pytest.approx(loss32, rel=2e-2)
+    moved = flat_params(trainer) - start
+    assert torch.isfinite(moved).all() and moved.abs().max() > 0
+    if precision == "bf16":
+        one = build(method, tmp_path, "bf16_one", device=device, precision="bf16")
+        first = flat_params(one)
+        losses(one, steps=1)
+        delta16 = flat_params(one) - first
+        assert torch.nn.functional.cosine_similarity(delta16, delta32, dim=0) > 0.95
+    else:
+        assert 0 < trainer.scaler.get_scale() < 2.0**16  # it did skip, then found a scale
+
+
+@pytest.mark.parametrize("method", ["suave", "daino"])
+def test_fp16_grad_scaler_trains(tmp_path, method):
+    """fp16 + GradScaler on the CPU too (the path the official code lacks; slow there, right)."""
+    check_mixed_precision(tmp_path, method, "fp16", CPU)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("impl", ["auto", "foreach", "loop"])
+def test_optimizer_survives_skipped_and_late_steps(name, impl):
+    """A step the fp16 GradScaler skips leaves the optimiser untouched, and a parameter whose
+    gradient starts later (frozen prototypes / DINO last layer) joins cleanly: the same weights
+    as plain loop arithmetic. torch's fused SGD fails both, so it is refused."""
+
+    def run(implementation: str) -> list[torch.Tensor]:
+        early, late = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+        cfg = OptimConfig(name=name, implementation=implementation, weight_decay=0.0)
+        opt = build_optimizer(cfg, [{"params": [early, late]}], CPU)
+        scaler = torch.amp.GradScaler("cpu")
+        for step, factor in enumerate((float("inf"), 1.0, 1.0, 1.0)):
+            for group in opt.param_groups:
+                group["lr"] = 0.1
+            opt.zero_grad(set_to_none=True)
+            loss = (early * factor).sum() + ((late * 2.0).sum() if step >= 2 else 0.0)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        return [early.detach(), late.detach()]
+
+    if name == "sgd":  # three real steps of momentum SGD from 1 with gradient 1: 1 - 0.1 * 5.61
+        torch.testing.assert_close(run(impl)[0], torch.full((4,), 1 - 0.1 * (1 + 1.9 + 2.71)))
+    for ours, ref in zip(run(impl), run("loop")):
+        torch.testing.assert_close(ours, ref)
+
+
+def test_fused_sgd_is_refused():
+    with pytest.raises(UserError, match="fused is not offered for SGD"):
+        OptimConfig(name="sgd", implementation="fused").validate()
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["suave", "daino"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_autocast_close_to_fp32(tmp_path, method, precision, no_tf32):
+    check_mixed_precision(tmp_path, method, precision, GPU)
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["suave", "daino"])
+def test_cuda_compile_same_loss(tmp_path, method, no_tf32):
+    torch._dynamo.reset()
+    plain = losses(build(method, tmp_path, "eager", device=GPU))
+    tic = time.perf_counter()
+    fast = losses(build(method, tmp_path, "compiled", device=GPU, compile=True))
+    print(f"compiled 2 steps on the GPU in {time.perf_counter() - tic:.1f} s")
+    assert fast == pytest.approx(plain, rel=1e-3, abs=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("impl", ["foreach", "fused", "auto"])
+def test_cuda_optimizer_implementations_agree(name, impl):
+    if name == "sgd" and impl == "fused":
+        pytest.skip("fused SGD is refused (test_fused_sgd_is_refused)")
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 8), (16,), (4, 3, 3, 3), (7,)]
+    params = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    reference = _steps(name, "loop", params, grads, GPU)
+    for ours, ref in zip(_steps(name, impl, params, grads, GPU), reference):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)

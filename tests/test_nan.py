@@ -47,6 +47,17 @@ def test_huge_lr_stops_at_the_first_nan_step(tmp_path, tiny_data, capsys):
     assert_all_finite_and_loadable(tmp_path / "run" / "checkpoints", newest=1)
 
 
+def test_failed_run_stops_its_loader_workers(tmp_path, tiny_data, capsys):
+    """An error mid-epoch shuts the persistent loader workers down before it propagates, so the
+    process exits at once (left to interpreter exit they can hang it: seen on a GPU)."""
+    import multiprocessing
+
+    args = suave_args(tmp_path, tiny_data, "optim.base_lr=1e30", "optim.warmup_epochs=0",
+                      "data.num_workers=2", "data.persistent_workers=true")  # fmt: skip
+    assert_cli_error(capsys, main_suave.main, args, r"non-finite \w+ at step \d+")
+    assert multiprocessing.active_children() == []
+
+
 def test_nan_weights_are_never_checkpointed(tmp_path, tiny_data, capsys, monkeypatch):
     """Weights turned NaN by an update (finite loss, inf gradients) must not overwrite the last
     good checkpoint: the save after that step refuses and stops the run."""

@@ -271,6 +271,22 @@ class TrainData:
         return self.sampler.steps_per_epoch
 
 
+def stop_workers(loader: DataLoader, iterator=None) -> None:
+    """Shut a loader's worker processes down now (after an exception in the training loop).
+
+    Otherwise the iterator, kept alive by persistent_workers and by the traceback, is only
+    cleaned up at interpreter exit, after multiprocessing has started joining its queue threads:
+    the process can then hang instead of exiting (seen on a GPU with pin_memory; the pattern of
+    pytorch issue 48666), and torchrun or Slurm never learns that the run failed.
+    """
+    for it in (iterator, getattr(loader, "_iterator", None)):
+        shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+        if shutdown is not None:
+            shutdown()
+    if getattr(loader, "_iterator", None) is not None:
+        loader._iterator = None
+
+
 def select_labeled(cfg: DataConfig, source) -> np.ndarray:
     if cfg.label_list:
         return subset_from_list(source.names, source.classes, cfg.label_list)
