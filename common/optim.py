@@ -93,13 +93,13 @@ class LARS(torch.optim.Optimizer):
             if wd:
                 grads = torch._foreach_add(grads, params, alpha=wd)
             if group["lars"]:
-                w_norms = torch._foreach_norm(params)
-                g_norms = torch._foreach_norm([p.grad for p in params])
+                # All trust ratios as one vector: a handful of kernels per step instead of ~10
+                # per parameter (~1,600 launches for ResNet-50, which cost more than the math).
+                w = torch.stack(torch._foreach_norm(params))
+                gn = torch.stack(torch._foreach_norm([p.grad for p in params]))
                 trust, eps = group["trust_coefficient"], group["eps"]
-                grads = [
-                    g * torch.where((w > 0) & (gn > 0), trust * w / (gn + wd * w + eps), 1.0)
-                    for g, w, gn in zip(grads, w_norms, g_norms)
-                ]
+                ratio = torch.where((w > 0) & (gn > 0), trust * w / (gn + wd * w + eps), 1.0)
+                grads = torch._foreach_mul(grads, list(ratio.unbind()))
             bufs = []
             for p, g in zip(params, grads):
                 state = self.state[p]
