@@ -71,12 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="torch threads of the measure (1: images per core, like a worker)",
     )
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: process CPU seconds (steadier on a busy shared CPU)",
-    )
+    benchlib.add_clock_argument(p)
     return p.parse_args(argv)
 
 

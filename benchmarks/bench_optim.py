@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--device", default="auto")
     p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    benchlib.add_clock_argument(p)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--tiny", action="store_true", help="8 values per tensor: dispatch cost only")
     return p.parse_args(argv)

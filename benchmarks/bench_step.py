@@ -53,12 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
     p.add_argument("--reps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--profile", type=int, default=0, help="profile N steps per method, print ops")
-    p.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: process CPU seconds (steadier on a busy shared CPU)",
-    )
+    benchlib.add_clock_argument(p)
     return p.parse_args(argv)
 
 

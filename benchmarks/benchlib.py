@@ -48,6 +48,15 @@ def set_clock(name: str) -> None:
     CLOCK["name"] = name
 
 
+def add_clock_argument(parser) -> None:
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU seconds (steadier on a busy shared CPU)",
+    )
+
+
 def clock(device: torch.device) -> Callable[[], float]:
     if CLOCK["name"] == "cpu" and device.type != "cuda":
         return time.process_time

@@ -16,15 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.data import DataConfig
-from common.engine import TrainConfig
 from common.errors import UserError
-from common.logging_utils import LogConfig
 from common.losses import labeled_loss
 from common.method import Method, StepContext, StepOutput
-from common.models.factory import ModelConfig, build_backbone
+from common.models.factory import build_backbone
 from common.models.heads import Prototypes, build_projector
-from common.optim import OptimConfig
+from common.run_config import RunConfig
 
 
 @dataclass
@@ -41,12 +38,7 @@ class SupervisedConfig:
 
 
 @dataclass
-class SupervisedRunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+class SupervisedRunConfig(RunConfig):
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
 
     def validate(self) -> None:

@@ -16,10 +16,7 @@ import torch
 from torch import nn
 
 from common.checkpoint import load_partial, open_init_checkpoint, select_weights
-from common.data import DataConfig
-from common.engine import TrainConfig
 from common.errors import UserError
-from common.logging_utils import LogConfig
 from common.losses import labeled_loss
 from common.method import Method, StepContext, StepOutput
 from common.models.dino_head import DINOHead, cancel_last_layer_gradients
@@ -28,6 +25,7 @@ from common.models.factory import ModelConfig, build_backbone
 from common.models.multicrop import forward_multicrop
 from common.models.sync_bn import convert_sync_batchnorm
 from common.optim import OptimConfig
+from common.run_config import RunConfig
 from common.schedules import cosine_schedule
 from daino.loss import DainoLoss, combine_losses
 
@@ -73,8 +71,9 @@ class DainoConfig:
 
 
 @dataclass
-class DainoRunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+class DainoRunConfig(RunConfig):
+    """DINO's ViT-S/16 defaults: drop-path 0.1, AdamW with a cosine weight-decay schedule."""
+
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(backbone="vit_small", drop_path=0.1)
     )
@@ -84,8 +83,6 @@ class DainoRunConfig:
             final_weight_decay=0.4,
         )  # fmt: skip
     )
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
     daino: DainoConfig = field(default_factory=DainoConfig)
 
     def validate(self) -> None:

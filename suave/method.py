@@ -18,18 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoint import load_partial, open_init_checkpoint, select_weights
-from common.data import DataConfig
-from common.engine import TrainConfig
 from common.errors import UserError
-from common.logging_utils import LogConfig
 from common.losses import labeled_loss, smoothed_one_hot, soft_cross_entropy, weighted_total
 from common.method import Method, StepContext, StepOutput
 from common.mixup import batch_permutation, mix
 from common.models.ema import ema_update_
-from common.models.factory import ModelConfig, build_backbone
+from common.models.factory import build_backbone
 from common.models.heads import Prototypes, build_projector
 from common.models.multicrop import forward_multicrop
-from common.optim import OptimConfig
+from common.run_config import RunConfig
 from common.schedules import cosine_schedule
 from suave.loss import swapped_prediction_loss
 from suave.queue import EmbeddingQueue
@@ -77,12 +74,7 @@ class SuaveConfig:
 
 
 @dataclass
-class SuaveRunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+class SuaveRunConfig(RunConfig):
     suave: SuaveConfig = field(default_factory=SuaveConfig)
 
     def validate(self) -> None:

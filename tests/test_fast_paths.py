@@ -135,18 +135,22 @@ def _steps(name, impl, params, grads, device: torch.device = CPU) -> list[torch.
     return [p.detach().cpu() for p in model]
 
 
-@pytest.mark.parametrize("name", ["sgd", "adamw"])
-@pytest.mark.parametrize("impl", ["foreach", "fused", "auto"])
-def test_optimizer_implementations_agree(name, impl):
+def check_implementations_agree(name: str, impl: str, device: torch.device) -> None:
     if name == "sgd" and impl == "fused":
         pytest.skip("fused SGD is refused (test_fused_sgd_is_refused)")
     g = torch.Generator().manual_seed(0)
     shapes = [(16, 8), (16,), (4, 3, 3, 3), (7,)]
     params = [torch.randn(s, generator=g) for s in shapes]
     grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
-    reference = _steps(name, "loop", params, grads)
-    for ours, ref in zip(_steps(name, impl, params, grads), reference):
+    reference = _steps(name, "loop", params, grads, device)
+    for ours, ref in zip(_steps(name, impl, params, grads, device), reference):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("impl", ["foreach", "fused", "auto"])
+def test_optimizer_implementations_agree(name, impl):
+    check_implementations_agree(name, impl, CPU)
 
 
 # ----------------------------------------------------------------------------- CUDA
@@ -268,12 +272,4 @@ def test_cuda_compile_same_loss(tmp_path, method, no_tf32):
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 @pytest.mark.parametrize("impl", ["foreach", "fused", "auto"])
 def test_cuda_optimizer_implementations_agree(name, impl):
-    if name == "sgd" and impl == "fused":
-        pytest.skip("fused SGD is refused (test_fused_sgd_is_refused)")
-    g = torch.Generator().manual_seed(0)
-    shapes = [(16, 8), (16,), (4, 3, 3, 3), (7,)]
-    params = [torch.randn(s, generator=g) for s in shapes]
-    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
-    reference = _steps(name, "loop", params, grads, GPU)
-    for ours, ref in zip(_steps(name, impl, params, grads, GPU), reference):
-        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    check_implementations_agree(name, impl, GPU)
