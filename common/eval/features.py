@@ -12,6 +12,7 @@ import torch
 
 from common import dist
 from common.errors import UserError
+from common.evaluation import model_outputs
 
 
 def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -43,15 +44,9 @@ def extract_features(
     Rows come back sorted by data-set index, identical on every rank.
     """
     feats, labels = [], []
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        if amp_ctx is not None:
-            with amp_ctx():
-                out = feature_fn(images)
-        else:
-            out = feature_fn(images)
+    for out, targets in model_outputs(feature_fn, loader, device, amp_ctx):
         feats.append(out.float().flatten(1))
-        labels.append(targets.to(device))
+        labels.append(targets)
     if not feats:  # an empty shard has no feature size to gather (more ranks than images)
         raise UserError(f"no images to extract features from on rank {dist.rank()}")
     local_feats, local_labels = torch.cat(feats), torch.cat(labels).long()
