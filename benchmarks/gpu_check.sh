@@ -58,7 +58,7 @@ bench() {  # bench LABEL ARGS...: one bench_step.py run, its result lines kept i
 torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
     nproc
 } >"$OUT_DIR/env.log" 2>&1
-cat "$OUT_DIR/env.log" | tee -a "$SUMMARY"
+tee -a "$SUMMARY" <"$OUT_DIR/env.log"
 
 PAPER_R50=(--backbone resnet50 --global_size 224 --local_size 96 --num_local 6 --batch 64+32
     --num_classes 1000)
