@@ -10,7 +10,7 @@ backslash-newline continuations allowed)::
 
     --config suave/configs/imagenet_10perc.yaml
     --init /path/to/swav_800ep_pretrain.pth.tar   # optional
-    optim.lr=0.4 train.epochs=100                 # key.sub=value config overrides
+    optim.base_lr=0.4 train.epochs=100                 # key.sub=value config overrides
 
 The launcher adds ``--output_dir``/``--name``, ``data.root=<--data_dir>``, ``train.device``
 (``cpu`` when ``--num_gpus 0``) and the extra overrides given on its own command line (last wins).

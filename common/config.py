@@ -127,7 +127,7 @@ def _plain(obj: Any) -> Any:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=0.1"`` -> (["optim", "lr"], 0.1); values are parsed as YAML scalars."""
+    """``"optim.base_lr=0.1"`` -> (["optim", "base_lr"], 0.1); values are parsed as YAML scalars."""
     if "=" not in text:
         raise UserError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)
