@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Literal
 
 import torch
 from torch import nn
@@ -49,6 +50,9 @@ class DainoConfig:
     freeze_last_layer_epochs: int = 1
     label_smoothing: float = 0.0
     init_head: bool = True  # model.init also fills the head (MLP; ours: prototypes and center)
+    # DINO file: "student" = the teacher starts as a copy of the loaded student (official Daino);
+    # "dino" = load DINO's own teacher weights into the teacher
+    init_teacher: Literal["student", "dino"] = "student"
     # 0: one output (prototype) per class. Self-supervised pre-training (no labels) may use
     # more, as DINO's 65536 on ImageNet; with labels, output k must be class k.
     out_dim: int = 0
@@ -225,6 +229,9 @@ class Daino(Method):
             return net if self.dcfg.init_head else SimpleNamespace(backbone=net.backbone)
 
         reports = load_dino_full(target(self.student), target(self.teacher), path)
+        if self.dcfg.init_teacher == "student":  # official: teacher = copy of the student
+            self.teacher.load_state_dict(self.student.state_dict())
+            reports["teacher"] = "copied from the loaded student"
         for which, report in reports.items():
             log.info("initialised the %s from DINO checkpoint %s", which, report)
 
