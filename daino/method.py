@@ -18,8 +18,9 @@ from torch import nn
 
 from common.checkpoint import load_partial, open_init_checkpoint, select_weights
 from common.errors import UserError
-from common.losses import labeled_loss
+from common.losses import labeled_loss, smoothed_one_hot, soft_cross_entropy, weighted_total
 from common.method import Method, StepContext, StepOutput
+from common.mixup import batch_permutation, mix
 from common.models.dino_head import DINOHead, cancel_last_layer_gradients
 from common.models.ema import ema_update_
 from common.models.factory import ModelConfig, build_backbone
@@ -48,6 +49,11 @@ class DainoConfig:
     teacher_momentum: float = 0.990  # cosine-increased to teacher_momentum_final
     teacher_momentum_final: float = 1.0
     freeze_last_layer_epochs: int = 1
+    # labeled mixup (official Daino: on, "switch" = mixup or CutMix at random per batch): mixed
+    # copies of the labeled batch are appended and weighted as labeled samples, as in Suave
+    mixup: Literal["none", "mixup", "cutmix", "switch"] = "none"
+    mixup_alpha: float = 1.0
+    mixup_switch_prob: float = 0.5
     label_smoothing: float = 0.0
     init_head: bool = True  # model.init also fills the head (MLP; ours: prototypes and center)
     # DINO file: "student" = the teacher starts as a copy of the loaded student (official Daino);
@@ -172,11 +178,20 @@ class Daino(Method):
         n_global = self.cfg.data.num_global
         labeled = batch.get("labeled")
         b_l = 0 if labeled is None else labeled.shape[0]
+        d = self.dcfg
+        mix_lab = d.mixup != "none" and b_l > 0
+        lab_inputs = [labeled] if b_l else []
+        if mix_lab:
+            lab_perm = batch_permutation(b_l, ctx.generator, labeled.device)
+            lab_mixed, lab_lam = mix(labeled, labeled[lab_perm], d.mixup, d.mixup_alpha,
+                                     ctx.generator, d.mixup_switch_prob)  # fmt: skip
+            lab_inputs.append(lab_mixed)
+        n_lab = b_l * len(lab_inputs)
 
         # Labeled first, then globals, then locals: same-size inputs share one backbone call.
-        inputs = ([labeled] if b_l else []) + list(crops)
+        inputs = lab_inputs + list(crops)
         logits = self.forward_trainable(inputs)
-        lab_logits, unl_logits = logits[:b_l], logits[b_l:]
+        lab_logits, unl_logits = logits[:b_l], logits[n_lab:]
         student = list(unl_logits.split(b_u))
         with torch.no_grad():
             teacher = list(self.teacher(crops[:n_global]).split(b_u))
@@ -189,6 +204,12 @@ class Daino(Method):
                                     self.dcfg.label_smoothing)  # fmt: skip
             terms["loss_labeled"] = loss_lab
         total = combine_losses(loss_unl, b_u, n_crops, loss_lab, b_l)
+        if mix_lab:
+            y = smoothed_one_hot(batch["labels"], self.num_classes, d.label_smoothing)
+            target = lab_lam * y + (1 - lab_lam) * y[lab_perm]
+            loss_mix = soft_cross_entropy(logits[b_l:n_lab].float() / d.student_temp, target)
+            terms["loss_labeled_mix"] = loss_mix
+            total = weighted_total([(loss_unl, b_u * n_crops), (loss_lab, b_l), (loss_mix, b_l)])
 
         with torch.no_grad():
             p = torch.cat(probs)
