@@ -348,3 +348,18 @@ def test_init_from_dino_copies_the_student_into_the_teacher_by_default(tmp_path)
             torch.testing.assert_close(own[key], ref[key], msg=key)
     teacher = method.teacher.state_dict()
     assert all(torch.equal(teacher[k], v) for k, v in own.items())
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix", "switch"])
+def test_labeled_mixup_copies_are_weighted_as_samples(mode):
+    """Official Daino labeled mixup: mixed copies appended, one sample each, like Suave."""
+    torch.manual_seed(0)
+    method = tiny_daino(5, [f"daino.mixup={mode}", "daino.label_smoothing=0.01"])
+    out = method.training_step(random_batch(), ctx())
+    t = out.terms
+    assert set(t) >= {"loss_unlabeled", "loss_labeled", "loss_labeled_mix"}
+    total = (t["loss_unlabeled"] * 4 * 4 + t["loss_labeled"] * 3 + t["loss_labeled_mix"] * 3) / 22
+    torch.testing.assert_close(out.loss, total)
+    torch.manual_seed(0)
+    again = tiny_daino(5, [f"daino.mixup={mode}", "daino.label_smoothing=0.01"])
+    torch.testing.assert_close(again.training_step(random_batch(), ctx()).loss, out.loss)
