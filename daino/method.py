@@ -64,6 +64,8 @@ class DainoConfig:
     out_dim: int = 0
 
     def validate(self) -> None:
+        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
+            raise UserError("daino.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
         if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
             raise UserError("daino temperatures must be positive")
         if not 0 <= self.center_momentum < 1:

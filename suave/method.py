@@ -66,6 +66,8 @@ class SuaveConfig:
     def validate(self) -> None:
         if self.temperature <= 0 or self.epsilon <= 0:
             raise UserError("suave.temperature and suave.epsilon must be positive")
+        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
+            raise UserError("suave.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
         if self.sinkhorn_iterations < 1:
             raise UserError("suave.sinkhorn_iterations must be at least 1")
         if not self.crops_for_assign:

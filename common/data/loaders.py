@@ -97,6 +97,10 @@ class DataConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
                 raise UserError(f"data.{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
+        if self.labeled_jitter is not None and (
+            len(self.labeled_jitter) != 4 or min(self.labeled_jitter) < 0
+        ):
+            raise UserError("data.labeled_jitter needs 4 values >= 0 (or null = data.jitter)")
         for name in ("labeled_jitter_prob", "labeled_grayscale"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"data.{name} must be a probability in [0, 1]")
