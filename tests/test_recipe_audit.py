@@ -269,3 +269,16 @@ def test_cifar100_wrn_recipe_runs_two_steps(method, tmp_path, cifar100_mini, one
     rows = (tmp_path / "run" / "metrics_step.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert "loss_labeled_mix" in header and "loss_unlabeled" in header
+
+
+@pytest.mark.parametrize("method", ["suave", "daino"])
+def test_cifar100_finetune_recipe_keeps_the_unlabeled_term(method, tmp_path, cifar100_mini,
+                                                           one_thread):  # fmt: skip
+    """Semi-supervised fine-tuning: same objective, so the unlabeled term is still trained
+    (a small backbone and no init checkpoint keep it quick; the views are the recipe's)."""
+    extra = ["model.init=null", "model.backbone=resnet_mini"]
+    summary = _two_steps(method, "cifar100_finetune.yaml", tmp_path, cifar100_mini, extra)
+    assert summary["step"] == 2
+    lines = (tmp_path / "run" / "metrics_step.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    assert all(float(r["loss_unlabeled"]) > 0 for r in rows)
