@@ -140,7 +140,14 @@ class Trainer:
         self.total_steps = train_cfg.epochs * self.spe
         self.amp = autocast_context(train_cfg.precision, device)
         self._prepare_model()
-        self.optimizer = build_optimizer(optim_cfg, param_groups(method.trainable), device)
+        self.optimizer = build_optimizer(
+            optim_cfg,
+            param_groups(
+                method.trainable,
+                exclude_bias_norm=optim_cfg.exclude_bias_norm or optim_cfg.name != "lars",
+            ),
+            device,
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
         global_batch = train_cfg.batch_size_unlabeled * self.world
         peak = optim_cfg.peak_lr(global_batch)

@@ -23,12 +23,22 @@ def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator):
 
 
 def mix(
-    x1: torch.Tensor, x2: torch.Tensor, mode: str, alpha: float, generator: torch.Generator
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    mode: str,
+    alpha: float,
+    generator: torch.Generator,
+    switch_prob: float = 0.5,
 ) -> tuple[torch.Tensor, float]:
     """Blend two equally-shaped image batches; returns (mixed, weight of x1).
 
     For CutMix the weight is the exact share of x1's pixels left after pasting the box.
+    ``mode="switch"`` (official Suave/Daino): per call, CutMix with probability ``switch_prob``,
+    else mixup, both with the same alpha (timm's Mixup with mixup_alpha = cutmix_alpha = 1).
     """
+    if mode == "switch":
+        use_cutmix = float(torch.rand((), generator=generator)) < switch_prob
+        mode = "cutmix" if use_cutmix else "mixup"
     lam = sample_lambda(alpha, generator)
     if mode == "mixup":
         return x1 * lam + x2 * (1.0 - lam), lam

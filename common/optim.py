@@ -29,6 +29,10 @@ class OptimConfig:
     final_weight_decay: float | None = None  # cosine weight-decay schedule (DINO), None = fixed
     momentum: float = 0.9
     trust_coefficient: float = 0.001
+    # LARS only: True = biases and norm parameters get neither weight decay nor trust scaling
+    # (our historical choice); False = the official Suave/SwAV LARS (exclude_bias_n_norm=False),
+    # where they are decayed and trust-scaled like the weights. SGD/AdamW always exclude them.
+    exclude_bias_norm: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float = 0.0  # max grad norm; 0 = off
     # SGD/AdamW kernels. auto: AdamW fused on CUDA and CPU (benchmarks/bench_optim.py), SGD
@@ -55,13 +59,18 @@ class OptimConfig:
         return self.base_lr * global_batch / self.lr_batch_ref if self.scale_lr else self.base_lr
 
 
-def param_groups(model: nn.Module, frozen: tuple[str, ...] = ()) -> list[dict]:
-    """Two groups: weights (decay + LARS) and biases/norms (neither)."""
+def param_groups(
+    model: nn.Module, frozen: tuple[str, ...] = (), exclude_bias_norm: bool = True
+) -> list[dict]:
+    """Two groups: weights (decay + LARS) and biases/norms (neither, or both when
+    ``exclude_bias_norm`` is False: the official LARS)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad or any(name.startswith(f) for f in frozen):
             continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if param.ndim <= 1 and exclude_bias_norm else decay).append(param)
+    if not exclude_bias_norm:
+        return [{"params": decay, "apply_wd": True, "lars": True}]
     return [
         {"params": decay, "apply_wd": True, "lars": True},
         {"params": no_decay, "apply_wd": False, "lars": False, "weight_decay": 0.0},

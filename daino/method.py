@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Literal
 
 import torch
 from torch import nn
 
 from common.checkpoint import load_partial, open_init_checkpoint, select_weights
 from common.errors import UserError
-from common.losses import labeled_loss
+from common.losses import labeled_loss, smoothed_one_hot, soft_cross_entropy, weighted_total
 from common.method import Method, StepContext, StepOutput
+from common.mixup import batch_permutation, mix
 from common.models.dino_head import DINOHead, cancel_last_layer_gradients
 from common.models.ema import ema_update_
 from common.models.factory import ModelConfig, build_backbone
@@ -47,13 +49,23 @@ class DainoConfig:
     teacher_momentum: float = 0.990  # cosine-increased to teacher_momentum_final
     teacher_momentum_final: float = 1.0
     freeze_last_layer_epochs: int = 1
+    # labeled mixup (official Daino: on, "switch" = mixup or CutMix at random per batch): mixed
+    # copies of the labeled batch are appended and weighted as labeled samples, as in Suave
+    mixup: Literal["none", "mixup", "cutmix", "switch"] = "none"
+    mixup_alpha: float = 1.0
+    mixup_switch_prob: float = 0.5
     label_smoothing: float = 0.0
     init_head: bool = True  # model.init also fills the head (MLP; ours: prototypes and center)
+    # DINO file: "student" = the teacher starts as a copy of the loaded student (official Daino);
+    # "dino" = load DINO's own teacher weights into the teacher
+    init_teacher: Literal["student", "dino"] = "student"
     # 0: one output (prototype) per class. Self-supervised pre-training (no labels) may use
     # more, as DINO's 65536 on ImageNet; with labels, output k must be class k.
     out_dim: int = 0
 
     def validate(self) -> None:
+        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
+            raise UserError("daino.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
         if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
             raise UserError("daino temperatures must be positive")
         if not 0 <= self.center_momentum < 1:
@@ -168,11 +180,20 @@ class Daino(Method):
         n_global = self.cfg.data.num_global
         labeled = batch.get("labeled")
         b_l = 0 if labeled is None else labeled.shape[0]
+        d = self.dcfg
+        mix_lab = d.mixup != "none" and b_l > 0
+        lab_inputs = [labeled] if b_l else []
+        if mix_lab:
+            lab_perm = batch_permutation(b_l, ctx.generator, labeled.device)
+            lab_mixed, lab_lam = mix(labeled, labeled[lab_perm], d.mixup, d.mixup_alpha,
+                                     ctx.generator, d.mixup_switch_prob)  # fmt: skip
+            lab_inputs.append(lab_mixed)
+        n_lab = b_l * len(lab_inputs)
 
         # Labeled first, then globals, then locals: same-size inputs share one backbone call.
-        inputs = ([labeled] if b_l else []) + list(crops)
+        inputs = lab_inputs + list(crops)
         logits = self.forward_trainable(inputs)
-        lab_logits, unl_logits = logits[:b_l], logits[b_l:]
+        lab_logits, unl_logits = logits[:b_l], logits[n_lab:]
         student = list(unl_logits.split(b_u))
         with torch.no_grad():
             teacher = list(self.teacher(crops[:n_global]).split(b_u))
@@ -185,6 +206,12 @@ class Daino(Method):
                                     self.dcfg.label_smoothing)  # fmt: skip
             terms["loss_labeled"] = loss_lab
         total = combine_losses(loss_unl, b_u, n_crops, loss_lab, b_l)
+        if mix_lab:
+            y = smoothed_one_hot(batch["labels"], self.num_classes, d.label_smoothing)
+            target = lab_lam * y + (1 - lab_lam) * y[lab_perm]
+            loss_mix = soft_cross_entropy(logits[b_l:n_lab].float() / d.student_temp, target)
+            terms["loss_labeled_mix"] = loss_mix
+            total = weighted_total([(loss_unl, b_u * n_crops), (loss_lab, b_l), (loss_mix, b_l)])
 
         with torch.no_grad():
             p = torch.cat(probs)
@@ -225,6 +252,9 @@ class Daino(Method):
             return net if self.dcfg.init_head else SimpleNamespace(backbone=net.backbone)
 
         reports = load_dino_full(target(self.student), target(self.teacher), path)
+        if self.dcfg.init_teacher == "student":  # official: teacher = copy of the student
+            self.teacher.load_state_dict(self.student.state_dict())
+            reports["teacher"] = "copied from the loaded student"
         for which, report in reports.items():
             log.info("initialised the %s from DINO checkpoint %s", which, report)
 

@@ -14,6 +14,10 @@ one run (seed 0) serves all settings and seeds. ``--dataset cifar10|imagefolder`
 ``--data_root``) runs the same protocol on another data set; ``--labels`` counts all labels,
 split evenly over the classes.
 
+``--finetune_epochs E`` adds, per setting and seed, the semi-supervised fine-tuning stage
+(``cifar100_finetune.yaml``, run ``<run>_ft`` from the run's ``last.pth``); the table then
+reports the fine-tuned runs. SSL stage -> pre-training -> fine-tuning, as in the paper.
+
 Runs whose ``summary.json`` exists are skipped and interrupted ones resumed, so the command can
 simply be repeated. ``--mode direct`` runs ``main_<method>.py`` here; ``local`` / ``slurm`` go
 through ``job_launcher.py``. Slurm jobs run asynchronously: the first call submits the
@@ -80,6 +84,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ssl_epochs", type=int, default=0, help="self-supervised stage (0: none)")
     p.add_argument("--ssl_config", default=None, help="default <method>/configs/cifar100_ssl.yaml")
     p.add_argument("--ssl_init", default=None, help="use this checkpoint instead of a stage run")
+    p.add_argument(
+        "--finetune_epochs",
+        type=int,
+        default=0,
+        help="semi-supervised fine-tuning of every run (0: none; the paper: 5)",
+    )
+    p.add_argument(
+        "--finetune_config", default=None, help="default <method>/configs/cifar100_finetune.yaml"
+    )
     p.add_argument("--mode", default="direct", choices=("direct", "local", "slurm"))
     p.add_argument("--num_gpus", type=int, default=0, help="job_launcher --num_gpus")
     p.add_argument("--launcher_args", default="", help="more job_launcher options, one string")
@@ -89,8 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--aggregate_only", action="store_true", help="only build the table")
     p.add_argument("overrides", nargs="*", help="key.sub=value for every run")
     args = p.parse_intermixed_args(argv)
-    if args.ssl_epochs < 0:
-        raise UserError("--ssl_epochs must be >= 0")
+    if args.ssl_epochs < 0 or args.finetune_epochs < 0:
+        raise UserError("--ssl_epochs and --finetune_epochs must be >= 0")
     if args.ssl_epochs and args.ssl_init:
         raise UserError("pass --ssl_epochs or --ssl_init, not both")
     for item in args.overrides:
@@ -145,7 +158,8 @@ def data_overrides(args) -> list[str]:
 
 
 def plan(args) -> tuple[Run | None, list[Run], Path]:
-    """The self-supervised run (or None) and the semi-supervised runs, in order."""
+    """The self-supervised run (or None) and the semi-supervised runs, in order: per setting and
+    seed the pre-training run, then (``--finetune_epochs``) its fine-tuning run."""
     output_dir = Path(args.output_dir).resolve()
     tag = args.dataset if args.dataset != "imagefolder" else Path(args.data_root).name
     cfg_dir = f"{args.method}/configs"
@@ -168,8 +182,22 @@ def plan(args) -> tuple[Run | None, list[Run], Path]:
                      f"train.seed={seed}"]  # fmt: skip
             if init and args.method == "suave":
                 extra.append("model.init_projector=true")
-            runs.append(Run(f"{args.method}_{tag}_{label_tag}_s{seed}", config, extra, init))
+            pre = Run(f"{args.method}_{tag}_{label_tag}_s{seed}", config, extra, init)
+            runs.append(pre)
+            if args.finetune_epochs:
+                ft_config = _config(args.finetune_config, [f"{cfg_dir}/cifar100_finetune.yaml"])
+                ft_extra = [*base, f"data.labels_per_class={per_class}",
+                            f"data.split_seed={seed}", f"train.seed={seed}",
+                            f"train.epochs={args.finetune_epochs}"]  # fmt: skip
+                ft_init = str(pre.run_dir(output_dir) / "checkpoints" / "last.pth")
+                runs.append(Run(f"{pre.name}_ft", ft_config, ft_extra, ft_init))
     return ssl, runs, output_dir
+
+
+def reported(runs: list[Run]) -> list[Run]:
+    """The runs of the table: the fine-tuned ones when the protocol fine-tunes."""
+    tuned = [run for run in runs if run.name.endswith("_ft")]
+    return tuned or runs
 
 
 def is_done(run_dir: Path) -> bool:
@@ -237,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ssl, runs, output_dir = plan(args)
     if args.aggregate_only:
-        results(args, runs, output_dir)
+        results(args, reported(runs), output_dir)
         return 0
     if ssl is not None and not is_done(ssl.run_dir(output_dir)):
         execute(ssl, args, output_dir)
@@ -249,13 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         if run not in pending:
             print(f"# {run.name}: done, skipped")
     for run in pending:
+        if (args.mode == "slurm" and not args.dry_run and run.name.endswith("_ft")
+                and not is_done(Path(run.init).parents[1])):  # fmt: skip
+            print(f"# {run.name}: waits for its pre-training run; run this command again later")
+            continue
         execute(run, args, output_dir)
     if args.dry_run:
         return 0
     if args.mode == "slurm":
         print("submitted; build the table with --aggregate_only once the jobs finished")
         return 0
-    results(args, runs, output_dir)
+    results(args, reported(runs), output_dir)
     return 0
 
 

@@ -45,13 +45,18 @@ class SuaveConfig:
     crops_for_assign: tuple[int, ...] = (0, 1)
     queue_length: int = 3840  # global; each process keeps queue_length / world_size
     queue_start_epoch: int = 0
+    # "full" (official SwAV/Suave): the queue joins the assignments only once it is full;
+    # "partial": as soon as it holds anything (the pre-fidelity behaviour)
+    queue_use: Literal["full", "partial"] = "full"
     label_smoothing: float = 0.01
     freeze_prototypes_steps: int = 0
     use_momentum: bool = False  # SK targets from an EMA copy of the network
     momentum: float = 0.99  # EMA momentum, cosine-increased to momentum_final
     momentum_final: float = 1.0
-    mixup: Literal["none", "mixup", "cutmix"] = "none"
+    # "switch": mixup or CutMix chosen at random per batch (official, p mixup_switch_prob)
+    mixup: Literal["none", "mixup", "cutmix", "switch"] = "none"
     mixup_alpha: float = 1.0
+    mixup_switch_prob: float = 0.5
     mixup_on: Literal["labeled", "unlabeled", "both"] = "labeled"
     init_prototypes: bool = False  # load prototypes from model.init (fine-tuning our checkpoint)
     # 0: one prototype per class. Self-supervised pre-training (no labels) may use more, as
@@ -61,6 +66,8 @@ class SuaveConfig:
     def validate(self) -> None:
         if self.temperature <= 0 or self.epsilon <= 0:
             raise UserError("suave.temperature and suave.epsilon must be positive")
+        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
+            raise UserError("suave.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
         if self.sinkhorn_iterations < 1:
             raise UserError("suave.sinkhorn_iterations must be at least 1")
         if not self.crops_for_assign:
@@ -171,7 +178,10 @@ class Suave(Method):
         for slot, view in enumerate(self.scfg.crops_for_assign):
             out = scores[view].detach().float()
             batch = out.shape[0]
-            if use_queue and int(self.queue.filled) > 0:
+            ready = use_queue and int(self.queue.filled) >= (
+                self.queue.length if self.scfg.queue_use == "full" else 1
+            )
+            if ready:
                 out = torch.cat([self.queue.get(slot) @ weight.t().float(), out])
             codes[view] = sinkhorn_knopp(out, self.scfg.epsilon, self.scfg.sinkhorn_iterations)[
                 -batch:
@@ -201,7 +211,7 @@ class Suave(Method):
             if mix_lab:
                 lab_perm = batch_permutation(b_l, ctx.generator, labeled.device)
                 lab_mixed, lab_lam = mix(labeled, labeled[lab_perm], s.mixup, s.mixup_alpha,
-                                         ctx.generator)  # fmt: skip
+                                         ctx.generator, s.mixup_switch_prob)  # fmt: skip
                 add("lab_mix", lab_mixed)
         num_global = self.cfg.data.num_global
         for v in range(num_global):
@@ -209,7 +219,7 @@ class Suave(Method):
         if mix_unl:
             unl_perm = batch_permutation(b_u, ctx.generator, crops[0].device)
             unl_mixed, unl_lam = mix(crops[0], crops[1][unl_perm], s.mixup, s.mixup_alpha,
-                                     ctx.generator)  # fmt: skip
+                                     ctx.generator, s.mixup_switch_prob)  # fmt: skip
             add("unl_mix", unl_mixed)
         for v in range(num_global, n_views):
             add(f"view{v}", crops[v])

@@ -134,3 +134,25 @@ def test_protocol_aggregate_only_and_bad_input(tmp_path, capsys):
     assert_cli_error(capsys, cifar100_protocol.main, ["--method", "suave", "--seeds", "a"],
                      r"--seeds must be a comma list")  # fmt: skip
     assert_cli_error(capsys, cifar100_protocol.main, ["--method", "nope"], r"invalid choice")
+
+
+def test_protocol_dry_run_chains_ssl_pretraining_and_finetuning_per_seed(tmp_path, capsys):
+    """--finetune_epochs: SSL stage, then per setting and seed pre-training -> fine-tuning."""
+    out = tmp_path / "proto"
+    argv = ["--method", "daino", "--ssl_epochs", "3", "--finetune_epochs", "5", "--labels", "2500"]
+    cmds = commands(capsys, [*argv, "--dry_run", "--output_dir", str(out)])
+    assert len(cmds) == 1 + 3 * 2 and not out.exists()
+    names = [cmd[cmd.index("--name") + 1] for cmd in cmds]
+    assert names == ["daino_cifar100_ssl"] + [
+        n for s in "012" for n in (f"daino_cifar100_2500_s{s}", f"daino_cifar100_2500_s{s}_ft")
+    ]
+    ssl_ckpt = str(out / "daino_cifar100_ssl" / "checkpoints" / "last.pth")
+    for pre, ft in zip(cmds[1::2], cmds[2::2]):
+        assert pre[pre.index("--init") + 1] == ssl_ckpt
+        pre_name = pre[pre.index("--name") + 1]
+        assert ft[ft.index("--init") + 1] == str(out / pre_name / "checkpoints" / "last.pth")
+        assert ft[ft.index("--config") + 1].endswith("daino/configs/cifar100_finetune.yaml")
+        o_pre, o_ft = overrides(pre), overrides(ft)
+        assert o_ft["train.epochs"] == "5" and o_ft["train.seed"] == o_pre["train.seed"]
+        assert o_ft["data.split_seed"] == o_pre["data.split_seed"]
+        assert o_ft["data.labels_per_class"] == o_pre["data.labels_per_class"] == "25"

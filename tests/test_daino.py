@@ -232,7 +232,7 @@ def dino_full_checkpoint(path, backbone="vit_tiny", k=7):
 def test_init_from_official_dino_full_checkpoint(tmp_path):
     path = tmp_path / "dino_deitsmall16_pretrain_full_checkpoint.pth"
     src_student, src_teacher = dino_full_checkpoint(path)
-    method = tiny_daino(5, ["model.backbone=vit_tiny"])
+    method = tiny_daino(5, ["model.backbone=vit_tiny", "daino.init_teacher=dino"])
     method.initialize_from(str(path), "auto")
     for net, src in ((method.student, src_student), (method.teacher, src_teacher)):
         own, ref = net.state_dict(), src.state_dict()
@@ -334,3 +334,32 @@ def test_config_validation():
         load_config(DainoRunConfig, None, ["daino.teacher_momentum=1.5"])
     with pytest.raises(UserError, match="swav"):
         load_config(DainoRunConfig, None, ["model.init_format=swav"])
+
+
+def test_init_from_dino_copies_the_student_into_the_teacher_by_default(tmp_path):
+    """Official Daino: the teacher starts as a copy of the loaded student, not DINO's teacher."""
+    path = tmp_path / "dino_deitsmall16_pretrain_full_checkpoint.pth"
+    src_student, _ = dino_full_checkpoint(path)
+    method = tiny_daino(5, ["model.backbone=vit_tiny"])
+    method.initialize_from(str(path), "auto")
+    own, ref = method.student.state_dict(), src_student.state_dict()
+    for key in own:
+        if key.startswith("backbone."):
+            torch.testing.assert_close(own[key], ref[key], msg=key)
+    teacher = method.teacher.state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in own.items())
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix", "switch"])
+def test_labeled_mixup_copies_are_weighted_as_samples(mode):
+    """Official Daino labeled mixup: mixed copies appended, one sample each, like Suave."""
+    torch.manual_seed(0)
+    method = tiny_daino(5, [f"daino.mixup={mode}", "daino.label_smoothing=0.01"])
+    out = method.training_step(random_batch(), ctx())
+    t = out.terms
+    assert set(t) >= {"loss_unlabeled", "loss_labeled", "loss_labeled_mix"}
+    total = (t["loss_unlabeled"] * 4 * 4 + t["loss_labeled"] * 3 + t["loss_labeled_mix"] * 3) / 22
+    torch.testing.assert_close(out.loss, total)
+    torch.manual_seed(0)
+    again = tiny_daino(5, [f"daino.mixup={mode}", "daino.label_smoothing=0.01"])
+    torch.testing.assert_close(again.training_step(random_batch(), ctx()).loss, out.loss)

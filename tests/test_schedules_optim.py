@@ -63,3 +63,10 @@ def test_build_optimizer_steps(name):
     before = model.weight.detach().clone()
     opt.step()
     assert not torch.equal(before, model.weight)
+
+
+def test_param_groups_official_lars_decays_and_scales_bias_and_norm():
+    """optim.exclude_bias_norm=false (official LARS): one group, 1-D tensors included."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    (group,) = param_groups(model, exclude_bias_norm=False)
+    assert len(group["params"]) == 4 and group["apply_wd"] and group["lars"]

@@ -130,3 +130,53 @@ def test_momentum_encoder_targets():
         if t.ndim == 2 and t.shape == method.net.prototypes.weight.shape:
             continue  # prototypes are re-normalised after the EMA
         torch.testing.assert_close(t, 0.5 * b + 0.5 * s.detach())
+
+
+def test_queue_joins_the_assignments_only_once_full():
+    """Official SwAV/Suave: a partly filled queue is not used (suave.queue_use=full)."""
+    seen = []
+
+    def spy(method):
+        original = method.queue.get
+
+        def get(slot):
+            seen.append(int(method.queue.filled))
+            return original(slot)
+
+        method.queue.get = get
+
+    method = make_method(["suave.queue_length=16"])
+    spy(method)
+    for step in range(3):  # filled 0 -> 8 -> 16: used only at the third step
+        method.training_step(random_multicrop_batch(seed=step), ctx(step))
+    assert seen == [16, 16]  # two assignment crops
+    seen.clear()
+    method = make_method(["suave.queue_length=16", "suave.queue_use=partial"])
+    spy(method)
+    for step in range(2):
+        method.training_step(random_multicrop_batch(seed=step), ctx(step))
+    assert seen == [8, 8]
+
+
+def test_mixup_switch_picks_mixup_or_cutmix_per_batch_reproducibly():
+    from common.mixup import mix
+
+    x1, x2 = torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8)
+    modes = []
+    for seed in range(20):
+        a, lam_a = mix(x1, x2, "switch", 1.0, torch.Generator().manual_seed(seed))
+        b, lam_b = mix(x1, x2, "switch", 1.0, torch.Generator().manual_seed(seed))
+        assert torch.equal(a, b) and lam_a == lam_b  # same generator, same batch
+        cutmix = bool(((a == 0) | (a == 1)).all())  # pasted box: every pixel is x1 or x2
+        modes.append(cutmix)
+    assert any(modes) and not all(modes)
+    _, lam = mix(x1, x2, "switch", 1.0, torch.Generator().manual_seed(0), switch_prob=0.0)
+    out, _ = mix(x1, x2, "switch", 1.0, torch.Generator().manual_seed(0), switch_prob=0.0)
+    torch.testing.assert_close(out, torch.full_like(x1, 1 - lam))  # p 0: always mixup
+
+
+def test_suave_switch_mode_trains_on_both_globals():
+    method = make_method(["suave.mixup=switch", "suave.mixup_on=both"])
+    out = method.training_step(random_multicrop_batch(), ctx())
+    assert {"loss_labeled_mix", "loss_unlabeled_mix"} <= set(out.terms)
+    assert math.isfinite(out.loss.item())

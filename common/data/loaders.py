@@ -59,10 +59,21 @@ class DataConfig:
     global_blur: tuple[float, float] = (0.5, 0.5)
     global_solarize: tuple[float, float] = (0.0, 0.0)
     local_blur: float = 0.5
-    # labeled views
+    # false = unlabeled views without colour jitter, grayscale or blur (official
+    # --color_jit_unlab false, used by the fine-tuning recipes); crops and flips are kept
+    unlabeled_color_aug: bool = True
+    # crop resize interpolation of every training view (bicubic in the official Daino/ViT code)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    # labeled views. "strong": crop + flip + labeled_jitter (p labeled_jitter_prob) + grayscale
+    # labeled_grayscale + blur labeled_blur; "light" (fine-tuning, official): crop + flip +
+    # ColorJitter(0.1, 0.1, 0.1, 0.1) with p 0.8, no grayscale, no blur.
     labeled_size: int = 224
     labeled_scale: tuple[float, float] = (0.08, 1.0)
     labeled_aug: Literal["strong", "light"] = "strong"
+    labeled_jitter: tuple[float, float, float, float] | None = None  # None = data.jitter
+    labeled_jitter_prob: float = 0.8
+    labeled_grayscale: float = 0.2
+    labeled_blur: float | None = None  # None = global_blur[0] (the pre-fidelity behaviour)
     # evaluation
     eval_size: int = 224
     eval_resize: int = 256
@@ -86,6 +97,15 @@ class DataConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
                 raise UserError(f"data.{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
+        if self.labeled_jitter is not None and (
+            len(self.labeled_jitter) != 4 or min(self.labeled_jitter) < 0
+        ):
+            raise UserError("data.labeled_jitter needs 4 values >= 0 (or null = data.jitter)")
+        for name in ("labeled_jitter_prob", "labeled_grayscale"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"data.{name} must be a probability in [0, 1]")
+        if self.labeled_blur is not None and not 0 <= self.labeled_blur <= 1:
+            raise UserError("data.labeled_blur must be a probability in [0, 1] (or null)")
         for name in ("global_size", "local_size", "labeled_size", "eval_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"data.{name} must be positive")
@@ -99,35 +119,54 @@ class DataConfig:
     def view_specs(self) -> list[ViewSpec]:
         """Global crops then local crops (SwAV/DINO order)."""
         specs = []
+        color = self.unlabeled_color_aug
+        jitter = self.jitter if color else (0.0, 0.0, 0.0, 0.0)
+        gray = 0.2 if color else 0.0
         for i in range(self.num_global):
             specs.append(
                 ViewSpec(
                     self.global_size,
                     self.global_scale,
-                    jitter=self.jitter,
-                    blur_prob=self.global_blur[min(i, len(self.global_blur) - 1)],
-                    solarize_prob=self.global_solarize[min(i, len(self.global_solarize) - 1)],
+                    jitter=jitter,
+                    grayscale_prob=gray,
+                    blur_prob=self.global_blur[min(i, len(self.global_blur) - 1)] if color else 0.0,
+                    solarize_prob=(
+                        self.global_solarize[min(i, len(self.global_solarize) - 1)]
+                        if color
+                        else 0.0
+                    ),
+                    interpolation=self.interpolation,
                 )
             )
         local = ViewSpec(
-            self.local_size, self.local_scale, jitter=self.jitter, blur_prob=self.local_blur
+            self.local_size,
+            self.local_scale,
+            jitter=jitter,
+            grayscale_prob=gray,
+            blur_prob=self.local_blur if color else 0.0,
+            interpolation=self.interpolation,
         )
         return specs + [local] * self.num_local
 
     def labeled_spec(self) -> ViewSpec:
-        if self.labeled_aug == "light":  # fine-tuning: crop + flip only
+        if self.labeled_aug == "light":  # official fine-tuning: crop + flip + jitter 0.1 p 0.8
             return ViewSpec(
                 self.labeled_size,
                 self.labeled_scale,
-                jitter=(0, 0, 0, 0),
+                jitter=(0.1, 0.1, 0.1, 0.1),
+                jitter_prob=0.8,
                 grayscale_prob=0.0,
                 blur_prob=0.0,
+                interpolation=self.interpolation,
             )
         return ViewSpec(
             self.labeled_size,
             self.labeled_scale,
-            jitter=self.jitter,
-            blur_prob=self.global_blur[0],
+            jitter=self.jitter if self.labeled_jitter is None else tuple(self.labeled_jitter),
+            jitter_prob=self.labeled_jitter_prob,
+            grayscale_prob=self.labeled_grayscale,
+            blur_prob=self.global_blur[0] if self.labeled_blur is None else self.labeled_blur,
+            interpolation=self.interpolation,
         )
 
 

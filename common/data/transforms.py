@@ -45,6 +45,9 @@ def sample_resized_crop(width: int, height: int, scale, ratio, rng) -> tuple[int
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+_INTERP = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+
+
 @dataclass(frozen=True)
 class ViewSpec:
     """One kind of augmented view (a global or local crop, or a labeled view)."""
@@ -57,6 +60,7 @@ class ViewSpec:
     blur_prob: float = 0.5
     solarize_prob: float = 0.0
     flip: bool = True
+    interpolation: str = "bilinear"  # crop resize: "bilinear" or "bicubic" (DINO/ViT recipes)
 
 
 class ViewTransform:
@@ -70,7 +74,7 @@ class ViewTransform:
         s = self.spec
         top, left, h, w = sample_resized_crop(img.width, img.height, s.scale, (3 / 4, 4 / 3), rng)
         img = F.resized_crop(
-            img, top, left, h, w, [s.size, s.size], InterpolationMode.BILINEAR, antialias=True
+            img, top, left, h, w, [s.size, s.size], _INTERP[s.interpolation], antialias=True
         )
         if s.flip and rng.random() < 0.5:
             img = F.hflip(img)

@@ -192,9 +192,15 @@ class VisionTransformer(nn.Module):
         side = math.isqrt(n_stored)
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        # As DINO: scale_factor (n + 0.1) / side (the 0.1 avoids floating-point floor errors),
+        # which sets the resampling grid from the factor, not from the output size.
         grid = F.interpolate(
-            grid.float(), size=(h_patches, w_patches), mode="bicubic", align_corners=False
+            grid.float(),
+            scale_factor=((h_patches + 0.1) / side, (w_patches + 0.1) / side),
+            mode="bicubic",
+            align_corners=False,
         ).to(patch_pos.dtype)
+        assert grid.shape[-2:] == (h_patches, w_patches), grid.shape
         patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h_patches * w_patches, -1)
         return torch.cat((cls_pos, patch_pos), dim=1)
 

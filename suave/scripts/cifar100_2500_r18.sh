@@ -1,0 +1,2 @@
+# Suave, CIFAR-100 2500 labels, lighter option: ResNet-18 + SGD (not the paper's WRN-28-8).
+--config suave/configs/cifar100_2500_r18.yaml
