@@ -47,8 +47,13 @@ def main() -> int:
         z = F.normalize(torch.randn(batch, 128, generator=g), dim=1).to(device)
         c = F.normalize(torch.randn(k, 128, generator=g), dim=1).to(device)
         s = z @ c.t()
-        row(f"Sinkhorn-Knopp B={batch}, K={k}", lambda s=s: sinkhorn_knopp(s, 0.05, 3),
-            lambda s=s: lightly_sinkhorn(s, 3, 0.05, False), args.reps if batch < 1000 else 3)  # fmt: skip
+        reps = args.reps if batch < 1000 else 3
+        row(
+            f"Sinkhorn-Knopp B={batch}, K={k}",
+            lambda s=s: sinkhorn_knopp(s, 0.05, 3),
+            lambda s=s: lightly_sinkhorn(s, 3, 0.05, False),
+            reps,
+        )
 
     student = [torch.randn(64, 1000, generator=g).to(device) for _ in range(10)]
     teacher = [torch.randn(64, 1000, generator=g).to(device) for _ in range(2)]
