@@ -49,16 +49,38 @@ def dino_cross_view_loss(
     ``student_logits[v]``: B x K logits of crop v (globals first, so student crop t and teacher
     crop t are the same view); ``teacher_probs[t]``: B x K targets of global crop t. Returns the
     mean of CE(softmax(student_v / tau), teacher_t) over all pairs v != t.
+
+    One log-softmax over all student crops stacked (V x B x K), then all T x V cross-entropies
+    as one matrix product of the flattened targets and log-probabilities.
     """
-    total, pairs = student_logits[0].new_zeros((), dtype=torch.float32), 0
+    num_student, num_teacher = len(student_logits), len(teacher_probs)
+    pairs = num_student * num_teacher - min(num_student, num_teacher)
+    if pairs <= 0:
+        raise ValueError("the DINO loss needs at least two crops")
+    shapes = {tuple(x.shape) for x in [*student_logits, *teacher_probs]}
+    if len(shapes) != 1:
+        return _dino_cross_view_loss_loop(student_logits, teacher_probs, student_temp, pairs)
+    batch = student_logits[0].shape[0]
+    log_p = F.log_softmax(torch.stack(student_logits).float() / student_temp, dim=-1)
+    targets = torch.stack(teacher_probs).float()
+    ce = -(targets.reshape(num_teacher, -1) @ log_p.reshape(num_student, -1).t())  # T x V
+    same = min(num_student, num_teacher)
+    diagonal = torch.diagonal(ce[:same, :same]).sum()
+    return (ce.sum() - diagonal) / (batch * pairs)
+
+
+def _dino_cross_view_loss_loop(
+    student_logits: list[torch.Tensor],
+    teacher_probs: list[torch.Tensor],
+    student_temp: float,
+    pairs: int,
+) -> torch.Tensor:
+    """The same mean, pair by pair (crops of different batch sizes)."""
+    total = student_logits[0].new_zeros((), dtype=torch.float32)
     for t, target in enumerate(teacher_probs):
         for v, logits in enumerate(student_logits):
-            if v == t:
-                continue
-            total = total + soft_cross_entropy(logits / student_temp, target)
-            pairs += 1
-    if pairs == 0:
-        raise ValueError("the DINO loss needs at least two crops")
+            if v != t:
+                total = total + soft_cross_entropy(logits / student_temp, target)
     return total / pairs
 
 

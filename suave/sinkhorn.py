@@ -8,6 +8,12 @@ import torch
 
 from common import dist
 
+# exp(x) is finite and normal in float32 for -87 < x < 88; once scores are shifted by their
+# global max, exp((s - max) / eps) lies in [exp(-span / eps), 1]. The plain domain is used when
+# that span keeps every entry well above underflow (and the row/column sums far from overflow).
+PLAIN_MAX_SPAN = 50.0
+MODES = ("auto", "plain", "log")
+
 
 def _global_logsumexp_over_batch(log_q: torch.Tensor) -> torch.Tensor:
     """logsumexp along the batch dimension (dim 1) of the batch concatenated over all ranks."""
@@ -19,9 +25,43 @@ def _global_logsumexp_over_batch(log_q: torch.Tensor) -> torch.Tensor:
     return peak + torch.log(sums)
 
 
+def _global_batch(local: int, device: torch.device) -> float:
+    batch = torch.tensor([float(local)], device=device)
+    dist.all_reduce_(batch)
+    return float(batch)
+
+
+def _sinkhorn_log(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    log_q = (scores / epsilon).t()  # K x B_local
+    log_k = math.log(log_q.shape[0])
+    log_b = math.log(_global_batch(log_q.shape[1], log_q.device))
+    for _ in range(iterations):
+        log_q = log_q - _global_logsumexp_over_batch(log_q) - log_k  # prototype mass 1/K
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_b  # sample mass 1/B
+    return torch.exp(log_q + log_b).t()
+
+
+def _sinkhorn_plain(
+    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor
+) -> torch.Tensor:
+    """SwAV's distributed_sinkhorn with a global max shift, on the B x K orientation.
+
+    Row (sample) sums are local; column (prototype) sums are all-reduced. The constant factors
+    of the reference (1/K, 1/B, the total mass) cancel in the final row normalisation, so only
+    the two alternating normalisations are done.
+    """
+    q = torch.exp((scores - peak) / epsilon)  # B_local x K, entries in (0, 1]
+    for _ in range(iterations):
+        cols = q.sum(dim=0, keepdim=True)
+        dist.all_reduce_(cols)
+        q.div_(cols)  # prototypes get equal mass
+        q.div_(q.sum(dim=1, keepdim=True))  # each sample gets mass 1
+    return q
+
+
 @torch.no_grad()
 def sinkhorn_knopp(
-    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3
+    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, mode: str = "auto"
 ) -> torch.Tensor:
     """Soft assignments Q (B_local x K) of the global batch to K prototypes.
 
@@ -29,14 +69,22 @@ def sinkhorn_knopp(
     and sample marginals are 1, by alternately rescaling rows and columns of exp(scores/eps).
     The prototype-side sums are all-reduced so every rank normalises with the global batch: the
     result equals running on the concatenation of all ranks' scores. Each returned row sums to 1.
-    Works in the log domain in float32, so any epsilon is safe from overflow and underflow.
+
+    ``mode``: "plain" works on exp((scores - global max) / eps) directly (fast); "log" works in
+    the log domain (safe for any epsilon and score range); "auto" picks "plain" when the global
+    score span divided by epsilon is at most ``PLAIN_MAX_SPAN`` (e.g. unit-norm cosine scores at
+    eps 0.05: span <= 2, 40), else "log". Non-finite scores always take the log domain.
     """
-    log_q = (scores.detach().float() / epsilon).t()  # K x B_local
-    num_prototypes = log_q.shape[0]
-    batch = torch.tensor([float(log_q.shape[1])], device=log_q.device)
-    dist.all_reduce_(batch)
-    log_k, log_b = math.log(num_prototypes), math.log(float(batch))
-    for _ in range(iterations):
-        log_q = log_q - _global_logsumexp_over_batch(log_q) - log_k  # prototype mass 1/K
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_b  # sample mass 1/B
-    return torch.exp(log_q + log_b).t()
+    if mode not in MODES:
+        raise ValueError(f"sinkhorn mode must be one of {MODES}, got {mode!r}")
+    scores = scores.detach().float()
+    if mode == "log":
+        return _sinkhorn_log(scores, epsilon, iterations)
+    stats = torch.stack([scores.max(), -scores.min()]).reshape(2)
+    dist.all_reduce_(stats, "max")  # global max and -min in one collective
+    peak = stats[0]
+    if mode == "auto":
+        span = float(stats[0] + stats[1])  # NaN/inf -> comparison False -> log domain
+        if not span / epsilon <= PLAIN_MAX_SPAN:
+            return _sinkhorn_log(scores, epsilon, iterations)
+    return _sinkhorn_plain(scores, epsilon, iterations, peak)

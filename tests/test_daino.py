@@ -15,6 +15,7 @@ from common.method import StepContext
 from common.models.ema import ema_update_
 from daino.loss import (
     DainoLoss,
+    _dino_cross_view_loss_loop,
     batch_center,
     combine_losses,
     dino_cross_view_loss,
@@ -363,3 +364,19 @@ def test_labeled_mixup_copies_are_weighted_as_samples(mode):
     torch.manual_seed(0)
     again = tiny_daino(5, [f"daino.mixup={mode}", "daino.label_smoothing=0.01"])
     torch.testing.assert_close(again.training_step(random_batch(), ctx()).loss, out.loss)
+
+
+@pytest.mark.parametrize("views", [(2, 10), (2, 2), (3, 2)])
+def test_vectorised_cross_view_loss_equals_the_pairwise_loop(views):
+    num_teacher, num_student = views
+    g = torch.Generator().manual_seed(11)
+    student = [torch.randn(8, 50, generator=g, requires_grad=True) for _ in range(num_student)]
+    teacher = [torch.softmax(torch.randn(8, 50, generator=g) / 0.04, 1) for _ in range(num_teacher)]
+    pairs = num_teacher * num_student - min(num_teacher, num_student)
+    fast = dino_cross_view_loss(student, teacher, 0.1)
+    loop = _dino_cross_view_loss_loop(student, teacher, 0.1, pairs)
+    assert abs(fast.item() - loop.item()) <= 1e-6 * max(1.0, abs(loop.item()))
+    grads_fast = torch.autograd.grad(fast, student)
+    grads_loop = torch.autograd.grad(loop, student)
+    for a, b in zip(grads_fast, grads_loop):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

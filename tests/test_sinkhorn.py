@@ -69,3 +69,60 @@ def test_two_processes_equal_one_process_on_concatenated_batch():
     single = sinkhorn_knopp(scores, epsilon=0.05, iterations=3)
     parts = run_distributed(_sinkhorn_shard, 2, scores, 2)
     torch.testing.assert_close(torch.cat(parts), single, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ plain vs log domain (issue 20)
+
+
+def _adversarial_scores() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    ties = torch.full((64, 10), 0.3) + 1e-6 * torch.randn(64, 10, generator=g)  # near-ties
+    extreme = cosine_scores(64, 10, seed=6).sign()  # only +-1: the extreme cosine values
+    one_hot = torch.full((64, 10), -1.0)
+    one_hot[torch.arange(64), torch.arange(64) % 10] = 1.0  # each sample at the span's ends
+    return {"random": cosine_scores(64, 10, seed=7), "ties": ties, "extreme": extreme,
+            "one_hot": one_hot, "big_k": cosine_scores(256, 1000, dim=64, seed=8)}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["random", "ties", "extreme", "one_hot", "big_k"])
+@pytest.mark.parametrize("iters", [1, 3])
+def test_plain_equals_log_and_float64_reference(name, iters):
+    scores = _adversarial_scores()[name]
+    ref = reference_sinkhorn(scores.numpy(), 0.05, iters)
+    plain = sinkhorn_knopp(scores, 0.05, iters, mode="plain")
+    log = sinkhorn_knopp(scores, 0.05, iters, mode="log")
+    auto = sinkhorn_knopp(scores, 0.05, iters)
+    np.testing.assert_allclose(plain.numpy(), ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(log.numpy(), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(auto, plain, atol=0, rtol=0)  # cosine scores, eps 0.05: plain
+
+
+def test_auto_takes_the_log_domain_for_tiny_epsilon_and_unbounded_scores():
+    scores = cosine_scores(32, 5, seed=9)
+    for eps, s in ((0.005, scores), (1e-4, scores), (0.05, scores * 1e3)):
+        auto = sinkhorn_knopp(s, eps, 3)
+        assert torch.isfinite(auto).all()
+        torch.testing.assert_close(auto, sinkhorn_knopp(s, eps, 3, mode="log"), atol=0, rtol=0)
+        torch.testing.assert_close(auto.sum(dim=1), torch.ones(32), atol=1e-5, rtol=0)
+    # the plain domain is exactly what would underflow here (exp(-2 / 1e-4) == 0 in float32)
+    assert not torch.isfinite(sinkhorn_knopp(scores, 1e-4, 3, mode="plain")).all()
+    with pytest.raises(ValueError):
+        sinkhorn_knopp(scores, 0.05, 3, mode="fast")
+
+
+def _sinkhorn_shard_modes(rank, scores, world, eps):
+    shard = scores.chunk(world)[rank]
+    # numpy, not tensors: a tensor's shared memory can vanish with the worker before it is read
+    return {m: sinkhorn_knopp(shard, eps, 3, mode=m).numpy() for m in ("auto", "plain", "log")}
+
+
+@pytest.mark.distributed
+def test_two_processes_equal_one_process_in_every_mode():
+    scores = torch.cat([cosine_scores(40, 6, seed=10), torch.full((8, 6), 0.5)])  # + ties
+    parts = run_distributed(_sinkhorn_shard_modes, 2, scores, 2, 0.05)
+    ref = reference_sinkhorn(scores.numpy(), 0.05, 3)
+    for mode in ("auto", "plain", "log"):
+        joined = torch.from_numpy(np.concatenate([p[mode] for p in parts]))
+        torch.testing.assert_close(joined, sinkhorn_knopp(scores, 0.05, 3, mode=mode),
+                                   atol=1e-6, rtol=0)  # fmt: skip
+        np.testing.assert_allclose(joined.numpy(), ref, rtol=0, atol=1e-6)
