@@ -1,22 +1,11 @@
-"""Suave (SwAV + labels) semi-supervised training.
+"""Suave (SwAV + labels) semi-supervised training (installed: ``suave-train``).
 
 python main_suave.py --config suave/configs/cpu_demo.yaml [--name N] [--resume] [a.b=c ...]
 """
 
-from __future__ import annotations
+from suave.cli import console, main
 
-import sys
-
-import common  # noqa: F401  (torchvision compatibility shim)
-from common.errors import run_cli
-from common.run import train_main
-from suave.method import SuaveRunConfig, build_suave
-
-
-@run_cli
-def main(argv: list[str] | None = None) -> dict:
-    return train_main(argv, SuaveRunConfig, build_suave, "Suave semi-supervised training")
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    console()

@@ -1,0 +1,286 @@
+"""Evaluate a checkpoint on frozen features: weighted k-NN, linear probe, prototype classifier.
+
+    python evaluate.py runs/suave_c100/checkpoints/last.pth             # data from the run
+    python evaluate.py swav_800ep_pretrain.pth.tar --data_root /data/imagenet
+    python evaluate.py dino_deitsmall16_pretrain_full_checkpoint.pth --data_root /data/imagenet
+    python evaluate.py --checkpoint CKPT --train_dir DATA/train --val_dir DATA/val
+
+Accepts our Suave / Daino run checkpoints and the official SwAV / DINO releases. Features of the
+training split (centre crops, no augmentation) fit the k-NN and the linear probe; accuracy is
+measured on the validation split. The prototype classifier applies to our checkpoints trained
+with labels. Prints a table and writes ``eval_<name>.json`` and ``.csv`` into --output_dir
+(default: the run directory, or the checkpoint's folder). Runs under torchrun too: each process
+embeds a shard and the features are gathered. Bad input is one ``error: ...`` line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+import common  # noqa: F401  (torchvision compatibility shim)
+from common import dist
+from common.data.loaders import EvalDataset
+from common.data.sources import build_source
+from common.data.splits import labels_per_class_split
+from common.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from common.engine import autocast_context
+from common.errors import UserError, run_cli
+from common.eval import LinearProbeConfig, extract_features, knn_accuracy, linear_probe
+from common.eval.models import FORMATS, load_eval_model
+from common.evaluation import evaluate_classifier
+from common.logging_utils import setup_logging
+
+log = logging.getLogger("evaluate")
+EVALUATORS = ("knn", "linear", "prototype")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", nargs="?", help="our run checkpoint or an official SwAV/DINO file")
+    p.add_argument("--checkpoint", dest="checkpoint_opt", default=None, help="same, as an option")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="checkpoint kind")
+    p.add_argument("--arch", default=None, help="backbone of an official file (default: guessed)")
+    p.add_argument("--which", default="teacher", choices=("teacher", "student"),
+                   help="network of a full DINO checkpoint")  # fmt: skip
+    g = p.add_argument_group("data (our checkpoints default to their training data)")
+    g.add_argument("--data_root", default=None, help="data set root (train/ and val/ inside)")
+    g.add_argument("--dataset", default=None, choices=("imagefolder", "imagenet", "cifar10",
+                                                       "cifar100"))  # fmt: skip
+    g.add_argument("--train_split", default=None, help="folder fitting k-NN / linear probe")
+    g.add_argument("--val_split", default=None, help="folder measuring accuracy")
+    g.add_argument("--train_dir", default=None, help="image folder for k-NN / linear (any path)")
+    g.add_argument("--val_dir", default=None, help="image folder measuring accuracy (any path)")
+    g.add_argument("--download", action="store_true", help="fetch torchvision CIFAR if missing")
+    g.add_argument("--normalization", default=None, choices=("imagenet", "cifar"))
+    g.add_argument("--eval_size", type=int, default=None, help="centre-crop size")
+    g.add_argument("--eval_resize", type=int, default=None, help="resize before crop (0: none)")
+    g.add_argument(
+        "--train_labels_per_class",
+        type=int,
+        default=None,
+        help="fit k-NN / linear on N labeled images per class (default: all)",
+    )
+    g.add_argument("--split_seed", type=int, default=0, help="seed of that labeled subset")
+    e = p.add_argument_group("evaluators")
+    e.add_argument("--evaluators", default="knn,linear,prototype",
+                   help="comma list of knn, linear, prototype")  # fmt: skip
+    e.add_argument("--knn_k", type=int, default=20)
+    e.add_argument("--knn_temperature", type=float, default=0.07)
+    e.add_argument("--linear_wd", default="auto", help="weight decay, or 'auto' (held-out grid)")
+    e.add_argument("--linear_iters", type=int, default=100, help="L-BFGS iterations")
+    e.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    r = p.add_argument_group("run")
+    r.add_argument("--batch_size", type=int, default=256)
+    r.add_argument("--num_workers", type=int, default=4)
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    r.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    r.add_argument("--output_dir", default=None, help="where the JSON/CSV go")
+    r.add_argument("--name", default=None, help="file name stem (default: checkpoint stem)")
+    r.add_argument("--save_features", default=None,
+                   help="also save the features and labels k-NN / linear used (.pt)")  # fmt: skip
+    args = p.parse_intermixed_args(argv)
+    if args.checkpoint and args.checkpoint_opt and args.checkpoint != args.checkpoint_opt:
+        raise UserError("two different checkpoints given (positional and --checkpoint)")
+    args.checkpoint = args.checkpoint or args.checkpoint_opt
+    if not args.checkpoint:
+        raise UserError("no checkpoint given: python evaluate.py CHECKPOINT [options]")
+    args.evaluators = [e.strip() for e in args.evaluators.split(",") if e.strip()]
+    bad = [e for e in args.evaluators if e not in EVALUATORS]
+    if bad or not args.evaluators:
+        raise UserError(f"unknown evaluator '{bad[0] if bad else ''}' (choose from "
+                        f"{', '.join(EVALUATORS)})")  # fmt: skip
+    if args.knn_k < 1 or args.knn_temperature <= 0 or args.batch_size < 1 or args.num_workers < 0:
+        raise UserError("need --knn_k >= 1, --knn_temperature > 0, --batch_size >= 1, "
+                        "--num_workers >= 0")  # fmt: skip
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):  # never silently the CPU
+        raise UserError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
+    if args.linear_wd != "auto":
+        try:
+            args.linear_wd = float(args.linear_wd)
+        except ValueError:
+            wd = args.linear_wd
+            raise UserError(f"--linear_wd must be a number or 'auto', got {wd!r}") from None
+    return args
+
+
+def data_settings(args: argparse.Namespace, run_config: dict | None) -> dict:
+    """Command line first, then the checkpoint's training data, then ImageNet defaults."""
+    saved = (run_config or {}).get("data", {})
+    foreign = {"dataset": "imagefolder", "root": None, "train_split": "train",
+               "val_split": "val", "normalization": "imagenet", "eval_size": 224,
+               "eval_resize": 256}  # fmt: skip
+    out = {}
+    for key, default in foreign.items():
+        given = getattr(args, "data_root" if key == "root" else key)
+        out[key] = given if given is not None else saved.get(key, default)
+    out["download"] = args.download or bool(saved.get("download", False))
+    for which in ("train", "val"):
+        folder = getattr(args, f"{which}_dir")
+        if folder is None:
+            out[f"{which}_root"] = out["root"]
+            continue
+        if out["dataset"] not in ("imagefolder", "imagenet"):
+            raise UserError(f"--{which}_dir is an image folder, but the data set is "
+                            f"{out['dataset']} (pass --dataset imagefolder)")  # fmt: skip
+        folder = Path(folder)
+        out[f"{which}_root"], out[f"{which}_split"] = str(folder.parent), folder.name
+    if not out["train_root"] or not out["val_root"]:
+        raise UserError("no data: pass --data_root or --train_dir/--val_dir (official checkpoints "
+                        "have no saved data)")  # fmt: skip
+    if out["eval_size"] < 1 or out["eval_resize"] < 0:
+        raise UserError("--eval_size must be >= 1 and --eval_resize >= 0")
+    return out
+
+
+def build_loader(data: dict, which: str, classes, args, device):
+    """Deterministic centre-crop loader of one split, sharded rank::world like validation."""
+    root, split = data[f"{which}_root"], data[f"{which}_split"]
+    source = build_source(data["dataset"], root, split, data["download"], classes=classes)
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if data["normalization"] == "cifar" else (
+        IMAGENET_MEAN, IMAGENET_STD)  # fmt: skip
+    transform = EvalTransform(data["eval_size"], data["eval_resize"] or None, mean, std)
+    dataset = EvalDataset(source, transform)
+    shard = torch.utils.data.Subset(dataset, list(range(dist.rank(), len(dataset),
+                                                        dist.world_size())))  # fmt: skip
+    kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda"}
+    loader = torch.utils.data.DataLoader(shard, batch_size=args.batch_size, shuffle=False, **kwargs)
+    return source, loader
+
+
+def default_output_dir(checkpoint: Path) -> Path:
+    parent = checkpoint.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'evaluator':<10} {'top1':>7} {'top5':>7}  settings"]
+    for row in result_rows(results):
+        lines.append(f"{row['evaluator']:<10} {row['top1']:>7.2f} {row['top5']:>7.2f}  "
+                     f"{row['settings']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def result_rows(results: dict) -> list[dict]:
+    rows = []
+    for name in EVALUATORS:
+        res = results.get(name)
+        if not isinstance(res, dict) or "top1" not in res:
+            continue
+        if name == "knn":
+            settings = f"k={res['k']} T={res['temperature']:g}"
+        elif name == "linear":
+            settings = f"wd={res['weight_decay']:g}"
+        else:
+            settings = f"K={results.get('num_prototypes')}"
+        rows.append({"checkpoint": results["checkpoint"], "evaluator": name,
+                     "top1": res["top1"], "top5": res["top5"], "settings": settings,
+                     "num_val": res["num_images"]})  # fmt: skip
+    return rows
+
+
+def write_outputs(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        json_path, csv_path = out_dir / f"eval_{stem}.json", out_dir / f"eval_{stem}.csv"
+        json_path.write_text(json.dumps(results, indent=2))
+        rows = result_rows(results)
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["checkpoint"])
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as err:
+        raise UserError(f"cannot write results into {out_dir}: {err.strerror}") from None
+    return json_path, csv_path
+
+
+def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
+    model = load_eval_model(args.checkpoint, args.format, args.arch, args.which)
+    model.module.to(device).eval()
+    data = data_settings(args, model.run_config)
+    train_source, train_loader = build_loader(data, "train", None, args, device)
+    classes = train_source.classes
+    _, val_loader = build_loader(data, "val", classes, args, device)
+    amp = autocast_context(args.precision, device)
+    results = {"checkpoint": str(args.checkpoint), "format": model.kind, "arch": model.arch,
+               "num_prototypes": model.num_prototypes, "num_classes": len(classes),
+               "data": data, "notes": list(model.notes)}  # fmt: skip
+    where = Path(data["train_root"]) / data["train_split"]
+    log.info("evaluating %s (%s, %s) on %s", args.checkpoint, model.kind, model.arch, where)
+
+    if "prototype" in args.evaluators:
+        if model.classify is None:
+            results["prototype"] = "n/a: " + (model.notes[0] if model.notes else "no prototypes")
+        elif model.num_prototypes != len(classes):
+            results["prototype"] = (f"n/a: {model.num_prototypes} prototypes but "
+                                    f"{len(classes)} classes in {where}")  # fmt: skip
+        else:
+            results["prototype"] = evaluate_classifier(model.classify, val_loader, device, amp)
+    if not {"knn", "linear"} & set(args.evaluators):
+        return results
+    train_f, train_y = extract_features(model.features, train_loader, device, amp)
+    val_f, val_y = extract_features(model.features, val_loader, device, amp)
+    if args.train_labels_per_class:
+        keep = labels_per_class_split(train_y.cpu().numpy(), args.train_labels_per_class,
+                                      args.split_seed)  # fmt: skip
+        keep = torch.as_tensor(keep, device=train_f.device)
+        train_f, train_y = train_f[keep], train_y[keep]
+    results.update(feature_dim=int(train_f.shape[1]), num_train=int(train_f.shape[0]))
+    if args.save_features and dist.is_main():
+        torch.save({"train_features": train_f.cpu(), "train_labels": train_y.cpu(),
+                    "val_features": val_f.cpu(), "val_labels": val_y.cpu(),
+                    "classes": classes}, args.save_features)  # fmt: skip
+    if "knn" in args.evaluators:
+        results["knn"] = knn_accuracy(train_f, train_y, val_f, val_y, len(classes), args.knn_k,
+                                      args.knn_temperature)  # fmt: skip
+    if "linear" in args.evaluators:
+        cfg = LinearProbeConfig(
+            weight_decay=None if args.linear_wd == "auto" else args.linear_wd,
+            max_iter=args.linear_iters, seed=args.seed,
+        )  # fmt: skip
+        results["linear"] = linear_probe(train_f, train_y, val_f, val_y, len(classes), cfg)
+    return results
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    setup_logging(None, 0)
+    _, device = dist.init(args.device)
+    try:
+        setup_logging(None, dist.rank())
+        results = evaluate(args, device)
+        if dist.is_main():
+            out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
+                Path(args.checkpoint))  # fmt: skip
+            stem = args.name or Path(args.checkpoint).name.split(".")[0]
+            json_path, csv_path = write_outputs(results, out_dir, stem)
+            print(format_table(results))
+            for name in EVALUATORS:
+                if isinstance(results.get(name), str):
+                    print(f"{name:<10} {results[name]}")
+            print(f"wrote {json_path} and {csv_path}")
+        return results
+    finally:
+        dist.shutdown()
+
+
+def console() -> None:
+    """``suave-daino-eval``: same as ``python evaluate.py``."""
+    main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    console()
