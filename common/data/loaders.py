@@ -236,37 +236,55 @@ class StepBatchSampler(Sampler):
 
 
 class SemiSupervisedDataset(Dataset):
-    """Maps a sample key to (stream, views, target, bad-image count)."""
+    """Maps a sample key to (stream, views, target, bad-image count).
 
-    def __init__(self, source, multicrop: MultiCrop, labeled_view, seed: int, bad_images="fail"):
+    With bad_images=skip a corrupt file is replaced by the next loadable one, and the target is
+    that of the image returned; a labeled image is replaced by the next image of the labeled set
+    (``labeled_indices``), so no label outside the labeled subset is ever used.
+    """
+
+    def __init__(
+        self, source, multicrop: MultiCrop, labeled_view, seed: int, bad_images="fail",
+        labeled_indices=None,
+    ):  # fmt: skip
         self.source, self.multicrop, self.labeled_view = source, multicrop, labeled_view
         self.seed, self.bad_images = seed, bad_images
+        self.labeled = np.sort(np.asarray([] if labeled_indices is None else labeled_indices))
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def _load(self, index: int):
-        """Image of ``index``; with bad_images=skip a corrupt file is replaced by the next one."""
+    def _candidates(self, index: int, labeled: bool):
+        if labeled and len(self.labeled):
+            start = int(np.searchsorted(self.labeled, index))
+            n = len(self.labeled)
+            return (int(self.labeled[(start + k) % n]) for k in range(n))
+        n = len(self.source)
+        return ((index + k) % n for k in range(n))
+
+    def _load(self, index: int, labeled: bool = False):
+        """(image, number of corrupt files skipped, index of the image returned)."""
         bad = 0
-        for attempt in range(len(self.source)):
-            current = (index + attempt) % len(self.source)
+        for current in self._candidates(index, labeled):
             try:
-                return self.source.load(current), bad
+                return self.source.load(current), bad, current
             except UserError:
                 if self.bad_images != "skip":
                     raise
                 bad += 1
                 where = getattr(self.source, "paths", self.source.names)[current]
                 log.warning("skipping corrupt image %s", where)  # full path: names repeat
-        raise UserError("every image of the data set failed to load")
+        what = "labeled image" if labeled and len(self.labeled) else "image of the data set"
+        raise UserError(f"every {what} failed to load")
 
     def __getitem__(self, key):
         stream, index, step, position = key
-        img, bad = self._load(index)
+        img, bad, loaded = self._load(index, labeled=stream == 1)
         rng = sample_seed(self.seed, 2 + stream, step, position)
+        target = int(self.source.targets[loaded])  # the label of the image actually returned
         if stream == 0:
-            return 0, self.multicrop(img, rng), int(self.source.targets[index]), bad
-        return 1, self.labeled_view(img, rng), int(self.source.targets[index]), bad
+            return 0, self.multicrop(img, rng), target, bad
+        return 1, self.labeled_view(img, rng), target, bad
 
 
 def collate_semisupervised(items) -> dict:
@@ -370,6 +388,7 @@ def build_train_data(
         ViewTransform(cfg.labeled_spec(), mean, std),
         seed=seed,
         bad_images=cfg.bad_images,
+        labeled_indices=labeled,
     )
     sampler = StepBatchSampler(
         len(source), labeled, batch_unlabeled, batch_labeled, rank, world_size, seed
