@@ -274,6 +274,11 @@ class Trainer:
         self._set_schedules(ctx.step)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
         batch = batch_to_device(batch, self.device, cfg.channels_last)
+        device_transform = getattr(self.data, "device_transform", None)
+        if device_transform is not None:  # data.augment_on=device (issue 16)
+            from common.data.device_aug import aug_generator
+
+            batch = device_transform(batch, aug_generator(cfg.seed, ctx.step))
         with self.amp():
             out = self.method.training_step(batch, ctx)
         self._check_finite(out, ctx.step)

@@ -83,6 +83,10 @@ class DataConfig:
     persistent_workers: bool = True
     prefetch_factor: int = 2
     bad_images: Literal["fail", "skip"] = "fail"
+    # where the photometric augmentation runs (issue 16): "workers" (PIL, in the loader) or
+    # "device" (workers decode + crop/flip to uint8; common/data/device_aug.py on the training
+    # device). "device" is meant as the CUDA default once proven on a GPU.
+    augment_on: Literal["workers", "device"] = "workers"
 
     def validate(self) -> None:
         if self.labels_per_class is not None and self.label_list is not None:
@@ -322,6 +326,7 @@ class TrainData:
     labeled_indices: np.ndarray
     num_unlabeled: int
     extras: dict = field(default_factory=dict)
+    device_transform: object = None  # (batch, generator) -> batch, run by the Trainer on device
 
     @property
     def steps_per_epoch(self) -> int:
@@ -382,10 +387,17 @@ def build_train_data(
             "data.label_list (or batch_size_labeled=0 for self-supervised pre-training)"
         )
     mean, std = cfg.mean_std
+    multicrop, labeled_view = MultiCrop(cfg.view_specs(), mean, std), None
+    labeled_view = ViewTransform(cfg.labeled_spec(), mean, std)
+    if cfg.augment_on == "device":
+        from common.data import device_aug
+
+        multicrop = device_aug.GeometricMultiCrop(cfg.view_specs())
+        labeled_view = device_aug.GeometricView(cfg.labeled_spec())
     dataset = SemiSupervisedDataset(
         source,
-        MultiCrop(cfg.view_specs(), mean, std),
-        ViewTransform(cfg.labeled_spec(), mean, std),
+        multicrop,
+        labeled_view,
         seed=seed,
         bad_images=cfg.bad_images,
         labeled_indices=labeled,
@@ -404,7 +416,14 @@ def build_train_data(
         len(source), len(source.classes), len(labeled),
         cfg.label_list or f"{cfg.labels_per_class} per class", sampler.steps_per_epoch,
     )  # fmt: skip
-    return TrainData(loader, sampler, len(source.classes), source.classes, labeled, len(source))
+    data = TrainData(loader, sampler, len(source.classes), source.classes, labeled, len(source))
+    if cfg.augment_on == "device":
+        from common.data.device_aug import DeviceTransform
+
+        data.device_transform = DeviceTransform(
+            cfg.view_specs(), cfg.labeled_spec(), mean, std, rank, world_size
+        )
+    return data
 
 
 def build_val_loader(
