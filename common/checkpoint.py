@@ -72,13 +72,28 @@ def load_file(path: str | Path) -> dict:
                 f"checkpoint {path} holds a pickled '{found.group(1)}', which is never loaded "
                 "(unpickling objects can run code; checkpoints hold only tensors and plain values)"
             ) from None
+        reason = _unpickler_reason(str(err))
+        if reason is not None and not reason.startswith("Unsupported operand"):
+            raise UserError(  # never repeat torch's advice to unpickle it anyway
+                f"checkpoint {path} holds pickled objects that are not loaded for safety "
+                f"({reason}; checkpoints hold only tensors and plain values)"
+            ) from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = reason or first  # garbage bytes: torch's reason, without its unsafe advice
         raise UserError(
             f"checkpoint {path} is corrupt or not a suave-daino checkpoint: {first}"
         ) from None
     if not isinstance(obj, dict) or "model" not in obj or "meta" not in obj:
         raise UserError(f"checkpoint {path} is not a suave-daino training checkpoint")
     return obj
+
+
+def _unpickler_reason(message: str) -> str | None:
+    """The reason torch's weights-only unpickler gives, without the advice around it
+    (its message starts by suggesting ``weights_only=False``, which is never right here)."""
+    _, found, rest = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in rest.splitlines() if line.strip()]
+    return lines[0] if found and lines else None
 
 
 def _check_crc(path: Path) -> None:

@@ -107,6 +107,9 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Pa
             )
     if resume and latest is None and any((run_dir / "checkpoints").glob("*.pth")):
         raise UserError(f"no loadable checkpoint in {run_dir / 'checkpoints'} (all corrupt)")
+    if resume and latest is None:  # say so: a typo in --name must not look like a resume
+        log.warning("--resume: nothing to resume in %s (no checkpoint): starting a new run",
+                    run_dir)  # fmt: skip
     return latest
 
 

@@ -38,10 +38,22 @@ def subset_from_list(names: list[str], classes: list[str], list_file: str | Path
     index_of = {name: i for i, name in enumerate(names)}
     known = set(classes)
     chosen = []
-    for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
+    try:  # utf-8-sig: a byte-order mark from a Windows editor is not part of the first name
+        text = list_file.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"label list {list_file} is not UTF-8 text (one name per line)") from None
+    except OSError as err:
+        raise UserError(f"cannot read label list {list_file}: {err.strerror or err}") from None
+    seen: dict[str, int] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):
             continue
+        if name in seen:  # a merged duplicate would silently shrink the labeled set
+            raise UserError(
+                f"{list_file} line {line_no}: '{name}' is listed twice (first at line {seen[name]})"
+            )
+        seen[name] = line_no
         cls = name.split("_")[0]
         if cls not in known:
             raise UserError(f"{list_file} line {line_no}: class '{cls}' is not in the dataset")
