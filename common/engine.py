@@ -27,6 +27,7 @@ from common.checkpoint import (
     load_state_strict,
     save_checkpoint,
 )
+from common.data.device_aug import aug_generator
 from common.data.loaders import stop_workers
 from common.errors import NonFiniteLossError, UserError
 from common.evaluation import evaluate_classifier
@@ -140,14 +141,8 @@ class Trainer:
         self.total_steps = train_cfg.epochs * self.spe
         self.amp = autocast_context(train_cfg.precision, device)
         self._prepare_model()
-        self.optimizer = build_optimizer(
-            optim_cfg,
-            param_groups(
-                method.trainable,
-                exclude_bias_norm=optim_cfg.exclude_bias_norm or optim_cfg.name != "lars",
-            ),
-            device,
-        )
+        groups = param_groups(method.trainable, exclude_bias_norm=optim_cfg.excludes_bias_norm)
+        self.optimizer = build_optimizer(optim_cfg, groups, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
         global_batch = train_cfg.batch_size_unlabeled * self.world
         peak = optim_cfg.peak_lr(global_batch)
@@ -276,8 +271,6 @@ class Trainer:
         batch = batch_to_device(batch, self.device, cfg.channels_last)
         device_transform = getattr(self.data, "device_transform", None)
         if device_transform is not None:  # data.augment_on=device (issue 16)
-            from common.data.device_aug import aug_generator
-
             batch = device_transform(batch, aug_generator(cfg.seed, ctx.step))
         with self.amp():
             out = self.method.training_step(batch, ctx)

@@ -55,6 +55,12 @@ class OptimConfig:
         if not all(0 <= beta < 1 for beta in self.betas):
             raise UserError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
 
+    @property
+    def excludes_bias_norm(self) -> bool:
+        """Whether biases and norm parameters skip weight decay (and LARS scaling): the option
+        only applies to LARS; SGD/AdamW always exclude them."""
+        return self.exclude_bias_norm or self.name != "lars"
+
     def peak_lr(self, global_batch: int) -> float:
         return self.base_lr * global_batch / self.lr_batch_ref if self.scale_lr else self.base_lr
 
