@@ -30,9 +30,10 @@ from common.checkpoint import (
 from common.data.device_aug import aug_generator
 from common.data.loaders import stop_workers
 from common.errors import NonFiniteLossError, UserError
-from common.evaluation import evaluate_classifier
+from common.evaluation import evaluate_classifiers
 from common.logging_utils import MetricsCSV, WandbLogger
 from common.method import Method, StepContext
+from common.models.online_heads import head_param_groups, metric_names
 from common.models.sync_bn import convert_sync_batchnorm
 from common.optim import OptimConfig, build_optimizer, param_groups
 from common.plots import plot_run_quietly
@@ -142,6 +143,9 @@ class Trainer:
         self.amp = autocast_context(train_cfg.precision, device)
         self._prepare_model()
         groups = param_groups(method.trainable, exclude_bias_norm=optim_cfg.excludes_bias_norm)
+        if method.online_heads is not None:  # same optimiser and lr schedule, no weight decay
+            groups += head_param_groups(method.online_heads, optim_cfg.name == "lars",
+                                        optim_cfg.excludes_bias_norm)  # fmt: skip
         self.optimizer = build_optimizer(optim_cfg, groups, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
         global_batch = train_cfg.batch_size_unlabeled * self.world
@@ -276,7 +280,9 @@ class Trainer:
             out = self.method.training_step(batch, ctx)
         self._check_finite(out, ctx.step)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
+        self.scaler.scale(out.backward_loss).backward()
+        if self.method.online_heads is not None:
+            self.method.online_heads.sync_gradients()
         self.method.before_optimizer_step(ctx)
         if self.optim_cfg.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
@@ -317,11 +323,21 @@ class Trainer:
     def evaluate(self, epoch: int, step: int) -> dict:
         if self.val_loader is None or not self.method.has_classifier:
             return {}  # self-supervised: evaluate.py gives k-NN / linear-probe accuracy
+        heads = self.method.online_heads
+        names = ["prototypes", *(heads.names if heads is not None else [])]
         self.method.eval()
-        result = evaluate_classifier(self.method.classify, self.val_loader, self.device, self.amp)
+        results = evaluate_classifiers(self.method.classify_all, names, self.val_loader,
+                                       self.device, self.amp)  # fmt: skip
         self.method.train()
-        log.info("epoch %d val top1 %.2f top5 %.2f", epoch, result["top1"], result["top5"])
-        return {"val_top1": result["top1"], "val_top5": result["top5"]}
+        top = results.pop("prototypes")
+        row = {"val_top1": top["top1"], "val_top5": top["top5"]}
+        for name, result in results.items():
+            top1, top5 = metric_names(name)
+            row.update({top1: result["top1"], top5: result["top5"]})
+        heads_text = "".join(f" | head {n} top1 {r['top1']:.2f}" for n, r in results.items())
+        log.info("epoch %d val top1 %.2f top5 %.2f%s", epoch, top["top1"], top["top5"],
+                 heads_text)  # fmt: skip
+        return row
 
     def fit(self) -> dict:
         """Train to the last step; on any exception stop the loader workers before raising."""

@@ -25,18 +25,33 @@ def model_outputs(
 @torch.no_grad()
 def evaluate_classifier(classify, loader, device: torch.device, amp_ctx=None) -> dict:
     """Top-1/top-5 (%) of ``classify(images) -> logits`` over the (sharded) loader."""
-    counts = torch.zeros(3, dtype=torch.float64, device=device)  # correct@1, correct@5, total
-    for logits, targets in model_outputs(classify, loader, device, amp_ctx):
-        k = min(5, logits.shape[1])
-        top = logits.float().topk(k, dim=1).indices
-        hits = top.eq(targets[:, None])
-        counts[0] += hits[:, 0].sum()
-        counts[1] += hits.any(dim=1).sum()
-        counts[2] += targets.numel()
+    return evaluate_classifiers(lambda x: {"": classify(x)}, [""], loader, device, amp_ctx)[""]
+
+
+@torch.no_grad()
+def evaluate_classifiers(
+    classify_all, names: list[str], loader, device: torch.device, amp_ctx=None
+) -> dict:
+    """Top-1/top-5 (%) of the classifiers ``names`` of ``classify_all(images) -> {name: logits}``
+    over one pass of the (sharded) loader: ``{name: {"top1", "top5", "num_images"}}``. The names
+    are given, not discovered, so that a rank whose shard is empty still joins the reduction."""
+    # per name: correct@1, correct@5, total; one tensor, one all-reduce
+    counts = torch.zeros(len(names), 3, dtype=torch.float64, device=device)
+    for outputs, targets in model_outputs(classify_all, loader, device, amp_ctx):
+        for i, name in enumerate(names):
+            logits = outputs[name]
+            k = min(5, logits.shape[1])
+            hits = logits.float().topk(k, dim=1).indices.eq(targets[:, None])
+            counts[i, 0] += hits[:, 0].sum()
+            counts[i, 1] += hits.any(dim=1).sum()
+            counts[i, 2] += targets.numel()
     dist.all_reduce_(counts)
-    total = max(counts[2].item(), 1.0)
-    return {
-        "top1": 100.0 * counts[0].item() / total,
-        "top5": 100.0 * counts[1].item() / total,
-        "num_images": int(counts[2].item()),
-    }
+    results = {}
+    for name, count in zip(names, counts):
+        total = max(count[2].item(), 1.0)
+        results[name] = {
+            "top1": 100.0 * count[0].item() / total,
+            "top5": 100.0 * count[1].item() / total,
+            "num_images": int(count[2].item()),
+        }
+    return results

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from common.models.online_heads import OnlineHeads
+
 
 @dataclass
 class StepContext:
@@ -26,6 +28,14 @@ class StepOutput:
     loss: torch.Tensor  # the scalar that is back-propagated
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # named parts, for logs/NaN checks
     metrics: dict[str, float] = field(default_factory=dict)  # extra monitoring values
+    # back-propagated with ``loss`` but no part of the method's objective (the online heads'
+    # cross-entropy on detached features): the logged ``loss`` stays the method's loss
+    extra_loss: torch.Tensor | None = None
+
+    @property
+    def backward_loss(self) -> torch.Tensor:
+        """The scalar the engine back-propagates."""
+        return self.loss if self.extra_loss is None else self.loss + self.extra_loss
 
 
 class Method(nn.Module):
@@ -41,6 +51,8 @@ class Method(nn.Module):
     def __init__(self):
         super().__init__()
         self.ddp_trainable: nn.Module | None = None
+        # linear probes on detached features (methods with labels set them when asked to)
+        self.online_heads: OnlineHeads | None = None
 
     @property
     def trainable(self) -> nn.Module:
@@ -89,6 +101,11 @@ class Method(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features used by k-NN / linear-probe evaluation."""
         raise NotImplementedError
+
+    def classify_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Validation logits by classifier: ``"prototypes"`` (``classify``), then each online
+        head by its name; methods with heads override it to share one forward pass."""
+        return {"prototypes": self.classify(images)}
 
     def meta(self) -> dict:
         """Identity written into checkpoints and checked on resume."""

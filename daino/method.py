@@ -25,6 +25,7 @@ from common.models.dino_head import DINOHead, cancel_last_layer_gradients
 from common.models.ema import ema_update_
 from common.models.factory import ModelConfig, build_backbone
 from common.models.multicrop import forward_multicrop
+from common.models.online_heads import OnlineHeads
 from common.models.sync_bn import convert_sync_batchnorm
 from common.optim import OptimConfig
 from common.run_config import RunConfig
@@ -62,6 +63,10 @@ class DainoConfig:
     # 0: one output (prototype) per class. Self-supervised pre-training (no labels) may use
     # more, as DINO's 65536 on ImageNet; with labels, output k must be class k.
     out_dim: int = 0
+    # online linear heads (official multihead_eval) on detached student features of the backbone
+    # output, the head's last hidden layer and its bottleneck (before the L2 norm), trained on
+    # the labeled batch, reported at every validation; never in the method's gradients
+    online_heads: bool = False
 
     def validate(self) -> None:
         if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
@@ -115,9 +120,20 @@ class DainoNetwork(nn.Module):
             cfg.head_use_bn, cfg.norm_last_layer,
         )  # fmt: skip
 
-    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        """Logits of all crops, in input order."""
-        return self.head(forward_multicrop(self.backbone, crops))
+        # depths the online heads read: backbone output, head's last hidden layer, bottleneck
+        self.tap_dims = {"backbone": feat_dim}
+        if cfg.head_layers > 1:
+            self.tap_dims["hidden"] = cfg.head_hidden_dim
+        self.tap_dims["bottleneck"] = cfg.head_bottleneck_dim
+
+    def forward(self, crops: list[torch.Tensor], with_taps: bool = False):
+        """Logits of all crops, in input order; ``with_taps`` adds the features at each of
+        ``tap_dims``' depths (not detached)."""
+        feats = forward_multicrop(self.backbone, crops)
+        if not with_taps:
+            return self.head(feats)
+        logits, taps = self.head(feats, with_taps=True)
+        return logits, {"backbone": feats, **taps}
 
 
 class Daino(Method):
@@ -146,6 +162,10 @@ class Daino(Method):
             d.warmup_teacher_temp_epochs, d.center_momentum, cfg.train.epochs,
         )  # fmt: skip
         self.momentum_schedule = None
+        if d.online_heads and self.supervised:  # no labels: nothing to probe with
+            # on the student, in training and validation alike: the labeled batch goes through
+            # the student only (a teacher pass over it would cost a forward per step)
+            self.online_heads = OnlineHeads(self.student.tap_dims, num_classes)
 
     # ---------------------------------------------------------------- Method API
     @property
@@ -173,6 +193,13 @@ class Daino(Method):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher.backbone(images)
 
+    def classify_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's prototypes, and the online heads on the student they are trained on."""
+        out = super().classify_all(images)
+        if self.online_heads is not None:
+            out.update(self.online_heads(self.student([images], with_taps=True)[1]))
+        return out
+
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
         crops: list[torch.Tensor] = batch["unlabeled"]
@@ -192,7 +219,11 @@ class Daino(Method):
 
         # Labeled first, then globals, then locals: same-size inputs share one backbone call.
         inputs = lab_inputs + list(crops)
-        logits = self.forward_trainable(inputs)
+        heads = self.online_heads if b_l else None
+        if heads is not None:
+            logits, taps = self.forward_trainable(inputs, with_taps=True)
+        else:
+            logits = self.forward_trainable(inputs)
         lab_logits, unl_logits = logits[:b_l], logits[n_lab:]
         student = list(unl_logits.split(b_u))
         with torch.no_grad():
@@ -224,7 +255,11 @@ class Daino(Method):
         if b_l:
             pred = lab_logits.detach().argmax(dim=1)
             metrics["train_labeled_acc"] = float((pred == batch["labels"]).float().mean()) * 100
-        return StepOutput(total, terms, metrics)
+        extra = None
+        if heads is not None:  # clean labeled images only, features detached inside the heads
+            extra = heads.loss({k: t[:b_l] for k, t in taps.items()}, batch["labels"])
+            terms["loss_online_heads"] = extra
+        return StepOutput(total, terms, metrics, extra)
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         freeze = self.dcfg.freeze_last_layer_epochs
@@ -289,6 +324,8 @@ class Daino(Method):
                 raise UserError(f"checkpoint {path}: center has {center.shape[-1]} classes, "
                                 f"this run {self.num_classes}")  # fmt: skip
             self.loss.center.copy_(center)
+        if self.online_heads is not None and method == "daino":
+            self.online_heads.load_matching(ckpt, path)
 
 
 def build_daino(cfg: DainoRunConfig, num_classes: int, world_size: int) -> Daino:

@@ -26,6 +26,7 @@ from common.models.ema import ema_update_
 from common.models.factory import build_backbone
 from common.models.heads import Prototypes, build_projector
 from common.models.multicrop import forward_multicrop
+from common.models.online_heads import OnlineHeads
 from common.run_config import RunConfig
 from common.schedules import cosine_schedule
 from suave.loss import swapped_prediction_loss
@@ -62,6 +63,10 @@ class SuaveConfig:
     # 0: one prototype per class. Self-supervised pre-training (no labels) may use more, as
     # SwAV's 3000 on ImageNet; with labels, prototype k must be class k.
     num_prototypes: int = 0
+    # online linear heads (official multihead_eval) on detached features of the backbone output,
+    # the projector's hidden layer (after BN-ReLU) and its output (before the L2 norm), trained
+    # on the labeled batch, reported at every validation; never in the method's gradients
+    online_heads: bool = False
 
     def validate(self) -> None:
         if self.temperature <= 0 or self.epsilon <= 0:
@@ -103,10 +108,28 @@ class SuaveNetwork(nn.Module):
         self.projector = build_projector(feat_dim, cfg.projector_hidden_dim, cfg.embed_dim)
         embed_dim = cfg.embed_dim if cfg.embed_dim else feat_dim
         self.prototypes = Prototypes(embed_dim, num_classes)
+        # depths the online heads read (the paper's Table 6: backbone / projector layer 1 / 2)
+        self.tap_dims = {"backbone": feat_dim}
+        if cfg.embed_dim and cfg.projector_hidden_dim:
+            self.tap_dims["proj1"] = cfg.projector_hidden_dim
+        if cfg.embed_dim:
+            self.tap_dims["proj2"] = cfg.embed_dim
 
-    def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings and scores of all crops, in input order (one backbone call per size)."""
-        z = F.normalize(self.projector(forward_multicrop(self.backbone, crops)), dim=1)
+    def forward(self, crops: list[torch.Tensor], with_taps: bool = False):
+        """Embeddings and scores of all crops, in input order (one backbone call per size);
+        ``with_taps`` adds the features at each of ``tap_dims``' depths (not detached)."""
+        feats = forward_multicrop(self.backbone, crops)
+        taps = {"backbone": feats}
+        if isinstance(self.projector, nn.Sequential):  # Linear-BN-ReLU-Linear, run in two parts
+            taps["proj1"] = self.projector[:-1](feats)
+            out = taps["proj2"] = self.projector[-1](taps["proj1"])
+        else:
+            out = self.projector(feats)
+            if isinstance(self.projector, nn.Linear):
+                taps["proj2"] = out
+        z = F.normalize(out, dim=1)
+        if with_taps:
+            return z, self.prototypes(z), taps
         return z, self.prototypes(z)
 
 
@@ -134,6 +157,8 @@ class Suave(Method):
             embed = cfg.suave.embed_dim or feat_dim
             self.queue = EmbeddingQueue(len(self.scfg.crops_for_assign), queue_len, embed)
         self.momentum_schedule = None
+        if self.scfg.online_heads and self.supervised:  # no labels: nothing to probe with
+            self.online_heads = OnlineHeads(self.net.tap_dims, num_classes)
 
     def _queue_length_per_rank(self, world_size: int) -> int:
         """Global length rounded down to whole global batches, split across ranks (as SwAV)."""
@@ -161,6 +186,12 @@ class Suave(Method):
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         return self.net([images])[1]
+
+    def classify_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.online_heads is None:
+            return super().classify_all(images)
+        _, scores, taps = self.net([images], with_taps=True)
+        return {"prototypes": scores, **self.online_heads(taps)}
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.backbone(images)
@@ -224,7 +255,11 @@ class Suave(Method):
         for v in range(num_global, n_views):
             add(f"view{v}", crops[v])
 
-        embeds, scores = self.forward_trainable(inputs)
+        heads = self.online_heads if b_l else None
+        if heads is not None:
+            embeds, scores, taps = self.forward_trainable(inputs, with_taps=True)
+        else:
+            embeds, scores = self.forward_trainable(inputs)
 
         def take(name, tensor):
             start, length = parts[name]
@@ -266,7 +301,11 @@ class Suave(Method):
         if b_l:
             pred = take("lab", scores).detach().argmax(dim=1)
             metrics["train_labeled_acc"] = float((pred == batch["labels"]).float().mean()) * 100
-        return StepOutput(total, terms, metrics)
+        extra = None
+        if heads is not None:  # clean labeled images only, features detached inside the heads
+            extra = heads.loss({k: take("lab", t) for k, t in taps.items()}, batch["labels"])
+            terms["loss_online_heads"] = extra
+        return StepOutput(total, terms, metrics, extra)
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         if ctx.step < self.scfg.freeze_prototypes_steps:
@@ -305,6 +344,8 @@ class Suave(Method):
                 raise UserError(f"checkpoint {path} holds no Suave/SwAV network weights")
             load_partial(self.net, weights, path, "network")
             log.info("initialised %d tensors from %s", len(weights), path)
+            if self.online_heads is not None:
+                self.online_heads.load_matching(ckpt, path)
         else:
             raise UserError(f"model.init_format '{fmt}' cannot initialise Suave (use swav or ours)")
         if self.ema is not None:

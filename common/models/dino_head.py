@@ -101,9 +101,18 @@ class DINOHead(nn.Module):
             if key in state_dict:
                 state_dict[f"{prefix}last_layer.{new}"] = state_dict.pop(key)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, p=2)
-        return self.last_layer(x)
+    def forward(self, x: torch.Tensor, with_taps: bool = False):
+        """Logits; ``with_taps`` adds {"hidden": last hidden layer (when the MLP has one),
+        "bottleneck": the MLP's output before the L2 norm} for the online heads."""
+        if not with_taps:
+            return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
+        taps = {}
+        if isinstance(self.mlp, nn.Sequential):  # the same layers, in two parts
+            taps["hidden"] = self.mlp[:-1](x)
+            taps["bottleneck"] = self.mlp[-1](taps["hidden"])
+        else:
+            taps["bottleneck"] = self.mlp(x)
+        return self.last_layer(F.normalize(taps["bottleneck"], dim=-1, p=2)), taps
 
 
 def cancel_last_layer_gradients(head: nn.Module, epoch: int, freeze_last_layer_epochs: int) -> None:
