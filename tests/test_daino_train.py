@@ -43,11 +43,13 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_short_training_learns(tmp_path, cifar10_mini):
-    """~100 steps (about 40 s): the loss falls and the teacher beats chance (10%) by far."""
+    """~100 steps (about 40 s): the loss falls and the teacher beats chance (10%) by far; so
+    does each online head (on the student), in metrics_epoch.csv and summary.json."""
     summary = main_daino.main([
         "--config", CONFIG, "--output_dir", str(tmp_path), "--name", "run",
         f"data.root={cifar10_mini}", *TINY_DAINO, "train.batch_size_unlabeled=48",
         "train.batch_size_labeled=48", "train.checkpoint_every_steps=0", "log.print_every=4",
+        "daino.online_heads=true",
     ])  # fmt: skip
     assert summary["step"] == 104  # 5000 images // 48
     rows = read_csv(tmp_path / "run" / "metrics_step.csv")
@@ -62,6 +64,11 @@ def test_short_training_learns(tmp_path, cifar10_mini):
     assert summary["val_top1"] > 22.0, summary  # measured ~30%
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["val_top1"] == summary["val_top1"]
+    last = read_csv(tmp_path / "run" / "metrics_epoch.csv")[-1]
+    for head in ("backbone", "hidden", "bottleneck"):
+        key = f"val_top1_head_{head}"
+        assert saved[key] == summary[key] == float(last[key])
+        assert summary[key] > 15.0, summary  # chance 10%
 
 
 @pytest.mark.slow  # tests/test_resume.py checks Daino resume bitwise in CI

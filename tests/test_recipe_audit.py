@@ -44,6 +44,10 @@ SUAVE_CORE = {  # faithful already (SPEC): keep
 }
 SUAVE_MIX = {f"suave.{k}": v for k, v in MIX_SWITCH.items()} | {"suave.mixup_on": "both"}
 DAINO_MIX = {f"daino.{k}": v for k, v in MIX_SWITCH.items()}
+# official multihead_eval: online linear heads, read by the paper's Table 6 (zero-label stages
+# inherit the switch and have no heads)
+SUAVE_HEADS = {"suave.online_heads": True}
+DAINO_HEADS = {"daino.online_heads": True}
 LARS_OFFICIAL = {"optim.name": "lars", "optim.exclude_bias_norm": False,
                  "optim.trust_coefficient": 0.001}  # fmt: skip
 UNLABELED_PLAIN = {"data.num_local": 0, "data.unlabeled_color_aug": False,
@@ -53,20 +57,20 @@ SUAVE_IMAGENET = {
     "data.num_global": 2, "data.global_size": 224, "data.global_scale": (0.14, 1.0),
     "data.num_local": 8, "data.local_size": 96, "data.local_scale": (0.05, 0.14),
     "model.init_projector": False,
-    **LABELED_STRONG, **SUAVE_CORE, **SUAVE_MIX, **LARS_OFFICIAL,
+    **LABELED_STRONG, **SUAVE_CORE, **SUAVE_MIX, **LARS_OFFICIAL, **SUAVE_HEADS,
     "optim.weight_decay": 1e-6, "optim.warmup_epochs": 5, "optim.final_lr": 0.001,
     "suave.label_smoothing": 0.01,
 }  # fmt: skip
 SUAVE_FT10 = {
     **UNLABELED_PLAIN, "suave.init_prototypes": False, "train.epochs": 5,
     "optim.base_lr": 0.03, "optim.final_lr": 0.0003, "optim.warmup_epochs": 0,
-    "suave.label_smoothing": 0.001, **LARS_OFFICIAL,
+    "suave.label_smoothing": 0.001, **LARS_OFFICIAL, **SUAVE_HEADS,
 }  # fmt: skip
 SUAVE_FT1 = SUAVE_FT10 | {"train.epochs": 3, "optim.base_lr": 0.02, "optim.final_lr": 0.0002,
                           "suave.label_smoothing": 0.01}  # fmt: skip
 DAINO_IMAGENET = {
     "model.backbone": "vit_small", "data.num_global": 2, "data.num_local": 8,
-    "data.interpolation": "bicubic", **LABELED_STRONG, **DAINO_MIX,
+    "data.interpolation": "bicubic", **LABELED_STRONG, **DAINO_MIX, **DAINO_HEADS,
     "daino.freeze_last_layer_epochs": 0, "optim.clip_grad": 0.0, "daino.label_smoothing": 0.01,
     "daino.init_head": False, "daino.init_teacher": "student",
     "daino.teacher_temp": 0.07, "daino.warmup_teacher_temp": 0.04,
@@ -78,8 +82,8 @@ DAINO_IMAGENET = {
 }  # fmt: skip
 # CIFAR-100 (paper section 4): WRN-28-8, LARS + linear warm-up + cosine, label smoothing.
 CIFAR_COMMON = {"model.backbone": "wide_resnet28_8", **LARS_OFFICIAL, **LABELED_STRONG}
-SUAVE_CIFAR = CIFAR_COMMON | SUAVE_CORE | SUAVE_MIX | {"suave.label_smoothing": 0.01}
-DAINO_CIFAR = CIFAR_COMMON | DAINO_MIX | {
+SUAVE_CIFAR = CIFAR_COMMON | SUAVE_CORE | SUAVE_MIX | SUAVE_HEADS | {"suave.label_smoothing": 0.01}
+DAINO_CIFAR = CIFAR_COMMON | DAINO_MIX | DAINO_HEADS | {
     "daino.freeze_last_layer_epochs": 0, "optim.clip_grad": 0.0, "daino.label_smoothing": 0.01,
     "data.interpolation": "bicubic",
 }  # fmt: skip
@@ -95,18 +99,20 @@ OFFICIAL: dict[str, dict] = {
     "suave/configs/cifar100_10000.yaml": SUAVE_CIFAR | {"data.labels_per_class": 100},
     "suave/configs/cifar100_ssl.yaml": SUAVE_CIFAR | {"data.labels_per_class": 0,
                                                       "train.batch_size_labeled": 0},
-    "suave/configs/cifar100_finetune.yaml": CIFAR_FT | {"suave.init_prototypes": False},
+    "suave/configs/cifar100_finetune.yaml": CIFAR_FT | SUAVE_HEADS | {
+        "suave.init_prototypes": False},
     "daino/configs/imagenet_10perc.yaml": DAINO_IMAGENET,
     "daino/configs/imagenet_1perc.yaml": DAINO_IMAGENET,
     "daino/configs/finetune_10perc.yaml": {**UNLABELED_PLAIN, "data.interpolation": "bicubic",
-                                           "optim.clip_grad": 0.0},
-    "daino/configs/finetune_1perc.yaml": {**UNLABELED_PLAIN, "data.interpolation": "bicubic"},
+                                           "optim.clip_grad": 0.0, **DAINO_HEADS},
+    "daino/configs/finetune_1perc.yaml": {**UNLABELED_PLAIN, "data.interpolation": "bicubic",
+                                          **DAINO_HEADS},
     "daino/configs/cifar100_400.yaml": DAINO_CIFAR | {"data.labels_per_class": 4},
     "daino/configs/cifar100_2500.yaml": DAINO_CIFAR | {"data.labels_per_class": 25},
     "daino/configs/cifar100_10000.yaml": DAINO_CIFAR | {"data.labels_per_class": 100},
     "daino/configs/cifar100_ssl.yaml": DAINO_CIFAR | {"data.labels_per_class": 0,
                                                       "train.batch_size_labeled": 0},
-    "daino/configs/cifar100_finetune.yaml": CIFAR_FT,
+    "daino/configs/cifar100_finetune.yaml": CIFAR_FT | DAINO_HEADS,
 }  # fmt: skip
 
 # Deliberate deviations: (recipe glob, key, our value, reason). Mirrored in README.md.
@@ -190,6 +196,7 @@ def test_every_shipped_recipe_matches_the_audit(recipe):
         ("suave/configs/finetune_1perc.yaml", "data.unlabeled_color_aug=true",
          "data.unlabeled_color_aug"),
         ("daino/configs/cifar100_2500.yaml", "train.epochs=100", "train.epochs"),  # deviation
+        ("suave/configs/finetune_10perc.yaml", "suave.online_heads=false", "suave.online_heads"),
     ],
 )  # fmt: skip
 def test_audit_reports_a_changed_recipe_value(recipe, override, key):

@@ -94,17 +94,21 @@ def check_resume(tmp_path, main, script: str, args: list[str], expect_buffers: l
 
 
 def test_suave_resume_is_exact(tmp_path, tiny_data):
-    """Queue (from epoch 0), EMA network, LARS momentum and warm-up lr all continue exactly."""
-    args = [*SUAVE, f"data.root={tiny_data}"]
-    buffers = ["queue.embeddings", "queue.filled", "ema.prototypes.weight"]
+    """Queue (from epoch 0), EMA network, LARS momentum, warm-up lr and the online heads (with
+    their optimiser state) all continue exactly."""
+    args = [*SUAVE, f"data.root={tiny_data}", "suave.online_heads=true"]
+    buffers = ["queue.embeddings", "queue.filled", "ema.prototypes.weight",
+               "online_heads.heads.proj1.weight"]  # fmt: skip
     final, _ = check_resume(tmp_path, main_suave.main, "main_suave.py", args, buffers)
     assert int(final["model"]["queue.filled"]) == 16  # the queue was in use, full
 
 
 def test_daino_resume_is_exact(tmp_path, tiny_data):
-    """Teacher, center, teacher-temperature warm-up and last-layer freeze continue exactly."""
-    args = [*DAINO, f"data.root={tiny_data}"]
-    buffers = ["loss.center", "teacher.head.last_layer.parametrizations.weight.original0"]
+    """Teacher, center, teacher-temperature warm-up, last-layer freeze and the online heads
+    continue exactly."""
+    args = [*DAINO, f"data.root={tiny_data}", "daino.online_heads=true"]
+    buffers = ["loss.center", "teacher.head.last_layer.parametrizations.weight.original0",
+               "online_heads.heads.bottleneck.weight"]  # fmt: skip
     final, _ = check_resume(tmp_path, main_daino.main, "main_daino.py", args, buffers)
     assert final["model"]["loss.center"].abs().sum() > 0
 

@@ -6,6 +6,7 @@ Images are trained at 24 px (locals 12 px) so that each run takes seconds on 2 C
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -42,12 +43,13 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_short_training_learns(tmp_path, cifar10_mini):
     """One epoch (104 steps, ~40 s alone on 2 cores): both loss terms fall and the prototype
-    classifier beats chance (10%) by far on held-out real images."""
+    classifier beats chance (10%) by far on held-out real images; so does each online head, in
+    metrics_epoch.csv and summary.json."""
     summary = main_suave.main([
         "--config", CONFIG, "--output_dir", str(tmp_path), "--name", "run",
         f"data.root={cifar10_mini}", *TINY, *ADAMW, "train.batch_size_unlabeled=48",
         "train.batch_size_labeled=48", "train.epochs=1", "train.checkpoint_every_steps=0",
-        "log.print_every=4",
+        "log.print_every=4", "suave.online_heads=true",
     ])  # fmt: skip
     assert summary["step"] == 104  # 5000 images // 48
     rows = read_csv(tmp_path / "run" / "metrics_step.csv")
@@ -61,6 +63,13 @@ def test_short_training_learns(tmp_path, cifar10_mini):
     epoch_rows = read_csv(tmp_path / "run" / "metrics_epoch.csv")
     assert float(epoch_rows[-1]["val_top1"]) == summary["val_top1"]
     assert (tmp_path / "run" / "checkpoints" / "last.pth").is_file()
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for head in ("backbone", "proj1", "proj2"):
+        key = f"val_top1_head_{head}"
+        assert saved[key] == summary[key] == float(epoch_rows[-1][key])
+        assert summary[key] > 15.0, summary  # chance 10%
+        assert summary[f"val_top5_head_{head}"] > summary[key]
+    assert "loss_online_heads" in rows[0]
 
 
 def test_two_local_processes_equal_one_process(tmp_path, cifar10_mini):
@@ -70,6 +79,7 @@ def test_two_local_processes_equal_one_process(tmp_path, cifar10_mini):
         f"data.root={cifar10_mini}", *TINY, "data.val_split=none", "train.max_steps=3",
         "train.checkpoint_every_steps=0", "log.print_every=1", "suave.queue_length=0",
         "optim.name=sgd", "optim.warmup_epochs=0",  # Adam would amplify float-order noise
+        "suave.online_heads=true",  # outside DDP: their gradients are averaged by the engine
     ]  # fmt: skip
     recipe = tmp_path / "recipe.sh"
     recipe.write_text(f"--config {CONFIG}\n")
@@ -89,7 +99,7 @@ def test_two_local_processes_equal_one_process(tmp_path, cifar10_mini):
     log2 = (tmp_path / "p2" / "train.log").read_text()
     assert "2 process(es)" in log2 and "global batch 32 unlabeled + 16 labeled" in log2
     for one, two in zip(rows[1], rows[2]):
-        for key in ("loss", "loss_unlabeled", "loss_labeled", "lr"):
+        for key in ("loss", "loss_unlabeled", "loss_labeled", "loss_online_heads", "lr"):
             a, b = float(one[key]), float(two[key])
             # step 0 is the same computation; later steps differ only by float reduction order
             tol = 1e-5 if one["step"] == "0" else 1e-4
