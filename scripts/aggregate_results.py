@@ -6,6 +6,9 @@
 Each argument is a run directory (or its ``summary.json`` / ``metrics_epoch.csv``). A run's
 value is ``--metric`` from summary.json, else the last non-empty value in metrics_epoch.csv,
 else (``knn_top1``, ``linear_top1``, ``prototype_top1``) from the newest ``eval_*.json``.
+``val_top1`` is the prototype classifier; the online linear heads of runs trained with
+``<method>.online_heads`` (``val_top1_head_<depth>``, e.g. Suave's ``proj1``, the head the
+paper's ImageNet numbers are read from) get a column each, mean ± std over the runs that have it.
 Runs are grouped by setting (method, data set, labels), read from the run's config.yaml; runs
 without one are grouped by their name minus a ``_s<seed>`` / ``_seed<seed>`` suffix. The spread
 is the sample standard deviation (ddof=1), as reported over seeds in the paper.
@@ -56,6 +59,7 @@ class Group:
     labels: str
     values: list[float] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    heads: dict[str, list[float]] = field(default_factory=dict)  # column -> values
 
     @property
     def mean(self) -> float:
@@ -64,11 +68,35 @@ class Group:
     @property
     def std(self) -> float:
         """Sample standard deviation (ddof=1); NaN for a single run."""
-        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+        return _std(self.values)
 
     @property
     def paper(self) -> float | None:
         return PAPER.get((self.method, _family(self.dataset), self.labels))
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def head_prefix(metric: str) -> str:
+    """Columns of the online heads that go with ``metric``: val_top1 -> val_top1_head_*."""
+    return f"{metric}_head_"
+
+
+def head_columns(run_dir: Path, metric: str) -> list[str]:
+    """The online-head columns of ``metric`` a run logged (summary.json, metrics_epoch.csv)."""
+    prefix, found = head_prefix(metric), []
+    summary, epoch_csv = run_dir / "summary.json", run_dir / "metrics_epoch.csv"
+    if summary.is_file():
+        try:
+            found += [k for k in json.loads(summary.read_text()) if k.startswith(prefix)]
+        except (json.JSONDecodeError, TypeError):
+            pass
+    if epoch_csv.is_file():
+        with epoch_csv.open(newline="") as handle:
+            found += [k for k in next(csv.reader(handle), []) if k.startswith(prefix)]
+    return list(dict.fromkeys(found))
 
 
 def _family(dataset: str) -> str:
@@ -169,6 +197,12 @@ def aggregate(paths: list[str | Path], metric: str = "val_top1") -> list[Group]:
         group = groups.setdefault(key, Group(*key))
         group.values.append(value)
         group.runs.append(str(run_dir))
+        for column in head_columns(run_dir, metric):
+            try:
+                head_value = read_metric(run_dir, column)
+            except UserError:  # logged but never filled in: not a value of this run
+                continue
+            group.heads.setdefault(column, []).append(head_value)
     if not groups:
         raise UserError(skipped[0] if len(skipped) == 1 else f"{skipped[0]} (and in all others)")
     for note in skipped:
@@ -180,19 +214,36 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _spread(values: list[float], runs: int) -> str:
+    if not values:
+        return "n/a"
+    text = f"{_fmt(statistics.fmean(values), 2)} ± {_fmt(_std(values), 2)}"
+    return text if len(values) == runs else f"{text} (n={len(values)})"
+
+
 def markdown(groups: list[Group], metric: str) -> str:
+    """One row per setting: the prototype classifier (``metric``), then one column per online
+    head any run logged (mixed methods: n/a where a method has no such head)."""
+    columns = list(dict.fromkeys(c for g in groups for c in g.heads))
+    prefix = head_prefix(metric)
+    head_titles = "".join(f" head {c[len(prefix) :]} |" for c in columns)
     lines = [
         f"| method | data set | labels | runs | {metric}: mean ± std (sample std, ddof=1) "
-        "| paper |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        f"|{head_titles} paper |",
+        "| --- | --- | --- | ---: | ---: |" + " ---: |" * len(columns) + " ---: |",
     ]
     for g in groups:
         spread = f"{_fmt(g.mean, 2)} ± {_fmt(g.std, 2)}"
-        lines.append(f"| {g.method} | {g.dataset} | {g.labels} | {len(g.values)} | {spread} "
-                     f"| {_fmt(g.paper)} |")  # fmt: skip
+        heads = "".join(f" {_spread(g.heads.get(c, []), len(g.values))} |" for c in columns)
+        lines.append(f"| {g.method} | {g.dataset} | {g.labels} | "
+                     f"{len(g.values)} | {spread} |{heads} {_fmt(g.paper)} |")  # fmt: skip
     lines.append("")
     lines.append("Paper: top-1 on the full CIFAR-100 test set (mean of 3 seeds) or ImageNet val "
                  "(Suave from SwAV 800 ep); n/a where the paper has no such setting.")  # fmt: skip
+    if columns:
+        lines.append(f"{metric} is the prototype classifier; 'head X' the online linear head at "
+                     "depth X (detached features). The paper's ImageNet Suave numbers are its "
+                     "projector-layer-1 head (Table 6): compare them with head proj1.")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -206,12 +257,16 @@ def write_tables(groups: list[Group], metric: str, prefix: str | Path) -> tuple[
             writer = csv.writer(handle)
             writer.writerow(["method", "dataset", "labels", "metric", "n", "mean",
                              "std_ddof1", "paper", "values", "runs"])  # fmt: skip
-            for g in groups:
-                std = "" if math.isnan(g.std) else f"{g.std:.4f}"
+            for g in groups:  # the prototype classifier, then each online head (own rows)
                 paper = "" if g.paper is None else g.paper
-                values = ";".join(f"{v:g}" for v in g.values)
-                row = [g.method, g.dataset, g.labels, metric, len(g.values), f"{g.mean:.4f}"]
-                writer.writerow([*row, std, paper, values, ";".join(g.runs)])
+                for name, values in [(metric, g.values), *g.heads.items()]:
+                    std = _std(values)
+                    std = "" if math.isnan(std) else f"{std:.4f}"
+                    row = [g.method, g.dataset, g.labels, name, len(values),
+                           f"{statistics.fmean(values):.4f}", std]  # fmt: skip
+                    text = ";".join(f"{v:g}" for v in values)
+                    writer.writerow([*row, paper if name == metric else "", text,
+                                     ";".join(g.runs)])  # fmt: skip
     except OSError as err:
         raise UserError(f"cannot write {md_path}: {err.strerror}") from None
     return md_path, csv_path

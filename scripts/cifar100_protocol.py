@@ -22,7 +22,8 @@ Runs whose ``summary.json`` exists are skipped and interrupted ones resumed, so 
 simply be repeated. ``--mode direct`` runs ``main_<method>.py`` here; ``local`` / ``slurm`` go
 through ``job_launcher.py``. Slurm jobs run asynchronously: the first call submits the
 self-supervised stage, the next (once it finished) the runs, and ``--aggregate_only`` the table.
-Then ``<output_dir>/results_<method>_<data>.md`` / ``.csv``: mean ± sample std next to the paper.
+Then ``<output_dir>/results_<method>_<data>.md`` / ``.csv``: mean ± sample std next to the paper,
+of the prototype classifier and of every online linear head (the recipes train them).
 """
 
 from __future__ import annotations

@@ -14,22 +14,29 @@ from scripts import aggregate_results, cifar100_protocol
 from tests.helpers import assert_cli_error
 
 
-def fake_run(run_dir, method, per_class, seed, top1_by_epoch, dataset="cifar100", summary=True):
-    """A finished run directory as train_main leaves it (config, metrics, summary, checkpoint)."""
+def fake_run(
+    run_dir, method, per_class, seed, top1_by_epoch, dataset="cifar100", summary=True, heads=None
+):
+    """A finished run directory as train_main leaves it (config, metrics, summary, checkpoint);
+    ``heads``: {depth: final top-1} of online heads, logged as train_main does."""
+    heads = heads or {}
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.pth").write_bytes(b"")
     config = {"data": {"dataset": dataset, "root": "data/x", "labels_per_class": per_class,
                        "split_seed": seed}, "train": {"seed": seed}, method: {}}  # fmt: skip
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    columns = [c for h in heads for c in (f"val_top1_head_{h}", f"val_top5_head_{h}")]
     with (run_dir / "metrics_epoch.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["step", "epoch", "val_top1", "val_top5"])
+        writer.writerow(["step", "epoch", "val_top1", "val_top5", *columns])
         for epoch, top1 in enumerate(top1_by_epoch):
-            writer.writerow([epoch * 10 + 9, epoch, top1, min(100, top1 + 20)])
+            last = epoch == len(top1_by_epoch) - 1
+            values = [v for t in heads.values() for v in ((t, t + 20) if last else (1.0, 5.0))]
+            writer.writerow([epoch * 10 + 9, epoch, top1, min(100, top1 + 20), *values])
     if summary:
-        (run_dir / "summary.json").write_text(
-            json.dumps({"step": 30, "val_top1": top1_by_epoch[-1]})
-        )
+        final = {"step": 30, "val_top1": top1_by_epoch[-1]}
+        final.update({f"val_top1_head_{h}": t for h, t in heads.items()})
+        (run_dir / "summary.json").write_text(json.dumps(final))
     return run_dir
 
 
@@ -56,6 +63,44 @@ def test_mean_and_sample_std_per_setting(tmp_path):
         rows = list(csv.DictReader(handle))
     assert rows[0]["mean"] == "62.8667" and rows[0]["std_ddof1"] == "3.0665"
     assert rows[0]["values"] == "60;62.5;66.1" and rows[1]["std_ddof1"] == ""
+
+
+def test_table_reports_every_online_head_beside_the_prototype_classifier(tmp_path):
+    """Runs with online heads: one column per head (mean ± sample std), a head some run lacks
+    counts only its runs (n=...), and the CSV has a row per head; heads of the other method
+    read n/a. Values come from summary.json, or metrics_epoch.csv when a run has none."""
+    suave = [({"backbone": 50.0, "proj1": 56.0, "proj2": 55.0}, 54.0),
+             ({"backbone": 52.0, "proj1": 58.0, "proj2": 57.0}, 55.0),
+             ({"backbone": 51.0, "proj1": 60.0}, 56.0)]  # fmt: skip
+    runs = [fake_run(tmp_path / f"suave_400_s{s}", "suave", 4, s, [10.0, top1], heads=heads,
+                     summary=s != 2) for s, (heads, top1) in enumerate(suave)]  # fmt: skip
+    daino_heads = {"backbone": 40.0, "hidden": 44.0, "bottleneck": 43.0}
+    runs.append(fake_run(tmp_path / "daino_400_s0", "daino", 4, 0, [50.0], heads=daino_heads))
+    groups = aggregate_results.main([*map(str, runs), "--output", str(tmp_path / "t")])
+    g = groups[0]
+    assert g.values == [54.0, 55.0, 56.0]
+    assert g.heads == {"val_top1_head_backbone": [50.0, 52.0, 51.0],
+                       "val_top1_head_proj1": [56.0, 58.0, 60.0],
+                       "val_top1_head_proj2": [55.0, 57.0]}  # fmt: skip
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert md[0] == ("| method | data set | labels | runs | val_top1: mean ± std (sample std, "
+                     "ddof=1) | head backbone | head proj1 | head proj2 | head hidden | "
+                     "head bottleneck | paper |")  # fmt: skip
+    assert md[2] == ("| suave | cifar100 | 400 | 3 | 55.00 ± 1.00 | 51.00 ± 1.00 | 58.00 ± 2.00 "
+                     "| 56.00 ± 1.41 (n=2) | n/a | n/a | 64.6 |")  # fmt: skip
+    assert md[3] == ("| daino | cifar100 | 400 | 1 | 50.00 ± n/a | 40.00 ± n/a | n/a | n/a "
+                     "| 44.00 ± n/a | 43.00 ± n/a | 61.1 |")  # fmt: skip
+    assert any("compare them with head proj1" in line for line in md)
+    with (tmp_path / "t.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    suave_rows = {r["metric"]: r for r in rows if r["method"] == "suave"}
+    assert list(suave_rows) == ["val_top1", "val_top1_head_backbone", "val_top1_head_proj1",
+                                "val_top1_head_proj2"]  # fmt: skip
+    assert suave_rows["val_top1_head_proj1"]["mean"] == "58.0000"
+    assert suave_rows["val_top1_head_proj1"]["std_ddof1"] == "2.0000"
+    assert suave_rows["val_top1_head_proj2"]["n"] == "2"
+    assert suave_rows["val_top1"]["paper"] == "64.6" and suave_rows["val_top1_head_proj1"][
+        "paper"] == ""  # fmt: skip
 
 
 def test_aggregate_other_metric_and_errors(tmp_path, capsys):
@@ -124,11 +169,12 @@ def test_protocol_dry_run_launcher_other_dataset_and_skips(tmp_path, capsys, cif
 def test_protocol_aggregate_only_and_bad_input(tmp_path, capsys):
     out = tmp_path / "proto"
     for seed, top1 in enumerate([61.0, 63.0, 62.0]):
-        fake_run(out / f"daino_cifar100_400_s{seed}", "daino", 4, seed, [top1])
+        fake_run(out / f"daino_cifar100_400_s{seed}", "daino", 4, seed, [top1],
+                 heads={"hidden": top1 + 2})  # fmt: skip
     assert cifar100_protocol.main(["--method", "daino", "--labels", "400", "--aggregate_only",
                                    "--output_dir", str(out)]) == 0  # fmt: skip
     md = (out / "results_daino_cifar100.md").read_text()
-    assert "| daino | cifar100 | 400 | 3 | 62.00 ± 1.00 | 61.1 |" in md
+    assert "| daino | cifar100 | 400 | 3 | 62.00 ± 1.00 | 64.00 ± 1.00 | 61.1 |" in md
     assert_cli_error(capsys, cifar100_protocol.main, ["--method", "suave", "--labels", "450"],
                      r"450 labels cannot be split evenly over 100 classes")  # fmt: skip
     assert_cli_error(capsys, cifar100_protocol.main, ["--method", "suave", "--seeds", "a"],
