@@ -8,8 +8,9 @@
 Accepts our Suave / Daino run checkpoints and the official SwAV / DINO releases. Features of the
 training split (centre crops, no augmentation) fit the k-NN and the linear probe; accuracy is
 measured on the validation split. The prototype classifier applies to our checkpoints trained
-with labels. Prints a table and writes ``eval_<name>.json`` and ``.csv`` into --output_dir
-(default: the run directory, or the checkpoint's folder). Runs under torchrun too: each process
+with labels, and so do their online linear heads (``head_<depth>``) when the run had them.
+Prints a table and writes ``eval_<name>.json`` and ``.csv`` into --output_dir (default: the run
+directory, or the checkpoint's folder). Runs under torchrun too: each process
 embeds a shard and the features are gathered. Bad input is one ``error: ...`` line, exit code 2.
 """
 
@@ -35,7 +36,7 @@ from common.engine import autocast_context
 from common.errors import UserError, run_cli
 from common.eval import LinearProbeConfig, extract_features, knn_accuracy, linear_probe
 from common.eval.models import FORMATS, load_eval_model
-from common.evaluation import evaluate_classifier
+from common.evaluation import evaluate_classifier, evaluate_classifiers
 from common.logging_utils import setup_logging
 
 log = logging.getLogger("evaluate")
@@ -166,16 +167,21 @@ def default_output_dir(checkpoint: Path) -> Path:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'evaluator':<10} {'top1':>7} {'top5':>7}  settings"]
+    lines = [f"{'evaluator':<16} {'top1':>7} {'top5':>7}  settings"]
     for row in result_rows(results):
-        lines.append(f"{row['evaluator']:<10} {row['top1']:>7.2f} {row['top5']:>7.2f}  "
+        lines.append(f"{row['evaluator']:<16} {row['top1']:>7.2f} {row['top5']:>7.2f}  "
                      f"{row['settings']}")  # fmt: skip
     return "\n".join(lines)
 
 
+def head_names(model) -> list[str]:
+    return model.module["heads"].names
+
+
 def result_rows(results: dict) -> list[dict]:
     rows = []
-    for name in EVALUATORS:
+    heads = [k for k in results if k.startswith("head_")]
+    for name in (*EVALUATORS, *heads):
         res = results.get(name)
         if not isinstance(res, dict) or "top1" not in res:
             continue
@@ -183,8 +189,10 @@ def result_rows(results: dict) -> list[dict]:
             settings = f"k={res['k']} T={res['temperature']:g}"
         elif name == "linear":
             settings = f"wd={res['weight_decay']:g}"
-        else:
+        elif name == "prototype":
             settings = f"K={results.get('num_prototypes')}"
+        else:
+            settings = "online linear head"
         rows.append({"checkpoint": results["checkpoint"], "evaluator": name,
                      "top1": res["top1"], "top5": res["top5"], "settings": settings,
                      "num_val": res["num_images"]})  # fmt: skip
@@ -228,6 +236,10 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
                                     f"{len(classes)} classes in {where}")  # fmt: skip
         else:
             results["prototype"] = evaluate_classifier(model.classify, val_loader, device, amp)
+            if model.heads is not None:  # the run's online linear heads, in the same pass
+                found = evaluate_classifiers(model.heads, head_names(model), val_loader, device,
+                                             amp)  # fmt: skip
+                results.update({f"head_{name}": res for name, res in found.items()})
     if not {"knn", "linear"} & set(args.evaluators):
         return results
     train_f, train_y = extract_features(model.features, train_loader, device, amp)

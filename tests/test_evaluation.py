@@ -158,7 +158,8 @@ def tiny_folder(src, dst, classes=3, train=10, val=4):
 
 
 def test_suave_pretrain_finetune_evaluate(tmp_path, cifar10_mini):
-    """Train (8 steps), fine-tune (4 steps), evaluate with k-NN, linear probe and prototypes.
+    """Train (8 steps), fine-tune (4 steps), evaluate with k-NN, linear probe, prototypes and the
+    online heads (the fine-tuning run continues the pre-training run's heads).
 
     Features of all 5,000 training images are extracted; k-NN and probe fit on 100 labeled per
     class (--train_labels_per_class) to keep the reference computations quick. Their numbers are
@@ -167,7 +168,8 @@ def test_suave_pretrain_finetune_evaluate(tmp_path, cifar10_mini):
     """
     common_args = ["--config", CFG, "--output_dir", str(tmp_path), f"data.root={cifar10_mini}",
                    *TINY_SUAVE, "data.labels_per_class=20", "train.epochs=1",
-                   "train.checkpoint_every_steps=0", "train.eval_batch_size=500"]  # fmt: skip
+                   "train.checkpoint_every_steps=0", "train.eval_batch_size=500",
+                   "suave.online_heads=true"]  # fmt: skip
     main_suave.main([*common_args, "--name", "pre", "train.max_steps=8",
                      "train.batch_size_unlabeled=24", "train.batch_size_labeled=12"])  # fmt: skip
     pre = tmp_path / "pre" / "checkpoints" / "last.pth"
@@ -190,6 +192,8 @@ def test_suave_pretrain_finetune_evaluate(tmp_path, cifar10_mini):
     assert saved["knn"]["top1"] == results["knn"]["top1"]
     summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
     assert results["prototype"]["top1"] == pytest.approx(summary["val_top1"])
+    for head in ("backbone", "proj1", "proj2"):  # the online heads, as the run validated them
+        assert results[f"head_{head}"]["top1"] == pytest.approx(summary[f"val_top1_head_{head}"])
     assert results["num_train"] == 1000 and results["knn"]["num_images"] == 1000
 
     f = torch.load(feats_file)
@@ -210,7 +214,8 @@ def test_suave_pretrain_finetune_evaluate(tmp_path, cifar10_mini):
 @pytest.mark.parametrize("kind", ["daino", "suave_zero_labels"])
 def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mini, kind):
     """Daino: teacher features and teacher prototypes (the student is scrambled, so using it would
-    show); Suave without labels: its 7 prototypes are clusters, so no prototype classifier."""
+    show), and its online heads on the student they were trained on; Suave without labels: its
+    7 prototypes are clusters, so no prototype classifier."""
     from common.config import load_config, to_dict
     from common.data.sources import ImageFolderSource
     from common.data.transforms import CIFAR_MEAN, CIFAR_STD, EvalTransform
@@ -222,9 +227,11 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
             "data.eval_resize=0", "model.backbone=resnet_mini"]  # fmt: skip
     if kind == "daino":
         cfg = load_config(DainoRunConfig, None, [*base, "data.labels_per_class=2",
-                          "daino.head_hidden_dim=32", "daino.head_bottleneck_dim=16"])  # fmt: skip
+                          "daino.head_hidden_dim=32", "daino.head_bottleneck_dim=16",
+                          "daino.online_heads=true"])  # fmt: skip
         method = Daino(cfg, 3)
         randomize(method.student)
+        randomize(method.online_heads)
     else:
         cfg = load_config(SuaveRunConfig, None, [*base, "data.labels_per_class=0",
                           "train.batch_size_labeled=0", "suave.num_prototypes=7",
@@ -251,6 +258,14 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
     if kind == "daino":
         expected = 100 * (predictions == torch.as_tensor(source.targets)).float().mean().item()
         assert results["prototype"]["top1"] == pytest.approx(expected)
+        with torch.no_grad():
+            heads = method.classify_all(images)
+        assert sorted(heads) == ["backbone", "bottleneck", "hidden", "prototypes"]
+        for name in ("backbone", "hidden", "bottleneck"):
+            hits = heads[name].argmax(1) == torch.as_tensor(source.targets)
+            assert results[f"head_{name}"]["top1"] == pytest.approx(100 * hits.float().mean())
+        table = (tmp_path / "run" / "eval_last.csv").read_text()
+        assert "head_hidden" in table and "online linear head" in table
     else:
         assert results["prototype"] == "n/a: 7 prototypes are clusters (trained without labels)"
     assert results["knn"]["num_images"] == 12 and results["num_prototypes"] == (

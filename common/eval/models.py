@@ -39,6 +39,8 @@ class EvalModel:
     num_prototypes: int | None = None
     run_config: dict | None = None  # ours: the saved training config (data defaults)
     notes: list[str] = field(default_factory=list)
+    # ours, trained with online heads: images -> {head name: logits}
+    heads: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
 
 
 def _has_labels(config: dict) -> bool:
@@ -80,7 +82,32 @@ def _our_model(path: str, ckpt: dict) -> EvalModel:
         model.classify = classify
     else:
         model.notes.append(f"{num_protos} prototypes are clusters (trained without labels)")
+    _attach_online_heads(model, path, ckpt, cfg)
     return model
+
+
+def _attach_online_heads(model: EvalModel, path: str, ckpt: dict, cfg) -> None:
+    """The run's online linear heads, on the network they were trained on (Suave: ``net``,
+    Daino: the student); the evaluated module becomes a container of all of them."""
+    from common.models.online_heads import PREFIX, OnlineHeads
+
+    dims = {k[len(PREFIX) + 6 : -7]: int(v.shape[1]) for k, v in ckpt["model"].items()
+            if k.startswith(PREFIX + "heads.") and k.endswith(".weight")}  # fmt: skip
+    if not dims:
+        return
+    num_classes = int(ckpt["model"][f"{PREFIX}heads.{next(iter(dims))}.weight"].shape[0])
+    heads = OnlineHeads(dims, num_classes)
+    load_state_strict(heads, select_weights(ckpt, {PREFIX: ""}), path, "online heads")
+    tapped = model.module
+    if model.kind == "daino":  # trained on the student's features: read them there
+        from daino.method import DainoNetwork
+
+        backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
+        tapped = DainoNetwork(backbone, feat_dim, cfg.daino, model.num_prototypes)
+        load_state_strict(tapped, select_weights(ckpt, {"student.": ""}), path, "student")
+    taps_at = 2 if model.kind == "suave" else 1
+    model.heads = lambda x: heads(tapped([x], with_taps=True)[taps_at])
+    model.module = nn.ModuleDict({"network": model.module, "tapped": tapped, "heads": heads})
 
 
 def _state_of(obj) -> dict:
