@@ -62,7 +62,8 @@ class OnlineHeads(nn.Module):
         if grads:
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce_(flat, "mean")
-            torch._foreach_copy_(grads, list(flat.split([g.numel() for g in grads])))
+            pieces = flat.split([g.numel() for g in grads])
+            torch._foreach_copy_(grads, [p.view_as(g) for p, g in zip(pieces, grads)])
 
     def load_matching(self, ckpt: dict, path: str) -> bool:
         """Take the heads of one of our checkpoints when it has the same heads (fine-tuning a
