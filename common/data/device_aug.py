@@ -213,92 +213,122 @@ def photometric_exact(
     return x
 
 
-# RGB -> YIQ with torchvision's luma row: a hue shift is a rotation of the (I, Q) plane, as in
-# NVIDIA DALI's hue op. The rotation sign makes +shift move red towards green, like HSV hue.
-_YIQ = torch.tensor(
-    [list(GRAY), [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
-    dtype=torch.float64,
-)
-_YIQ_INV = torch.linalg.inv(_YIQ)
+def hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """torchvision's HSV hue shift of [0, 1] RGB (n, 3, h, w), written into ``x`` (in place).
+
+    A hue shift keeps each pixel's max and min. With e = 6 * hue in [0, 6) after the shift and
+    chroma = max - min, HSV -> RGB is R = min + chroma * clamp(|e - 3| - 1, 0, 1),
+    G = max - chroma * clamp(|e - 2| - 1, 0, 1), B = max - chroma * clamp(|e - 4| - 1, 0, 1)
+    (torchvision's six-way select written as distances on the hue circle). Masks are floats
+    and products, not ``torch.where`` (measured ~10x slower on a CPU thread), and the passes
+    are in place: fresh full-size tensors cost page faults on a CPU."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    chroma = maxc.sub(minc)
+    is_r = torch.eq(maxc, r).float()
+    is_g = torch.eq(maxc, g).float().mul_(1 - is_r)
+    e = torch.sub(g, b).mul_(is_r)
+    e.add_(torch.sub(b, r).mul_(is_g))
+    e.add_(torch.sub(r, g).mul_(is_r.add_(is_g).neg_().add_(1)))  # is_r now holds is_b
+    # grey pixels (chroma 0) have zero numerators: any finite 1 / chroma gives e = 0 there
+    e.div_(chroma.clamp(min=1e-12)).add_(is_g.mul_(2).add_(is_r.mul_(4)))
+    e = torch.remainder(e.add_(6 * shift.view(-1, 1, 1)), 6.0)
+    tmp = torch.empty_like(e)
+
+    def ramp(centre: float) -> torch.Tensor:
+        return torch.sub(e, centre, out=tmp).abs_().sub_(1).clamp_(0, 1).mul_(chroma)
+
+    torch.add(minc, ramp(3.0), out=r)
+    torch.sub(maxc, ramp(2.0), out=g)
+    torch.sub(maxc, ramp(4.0), out=b)
+    return x
 
 
-def color_affine(p: PhotometricParams, channel_mean: torch.Tensor):
-    """Per-sample (A, b), (n, 3, 3) and (n, 3), with jitter + grayscale(x) = A x + b on [0, 1]
-    RGB pixels, composed in each sample's random op order.
+def jitter_affine(
+    p: PhotometricParams, stages: torch.Tensor, channel_mean: torch.Tensor, gray: bool = False
+):
+    """Per-sample (A, b), (n, 3, 3) and (n, 3): the brightness / contrast / saturation ops of the
+    jitter stages where ``stages`` (n, 4) is true, in each sample's random order, (then
+    grayscale where drawn, if ``gray``) as one affine map A x + b of [0, 1] RGB.
 
-    Brightness, saturation, grayscale and the YIQ hue rotation are 3x3 matrices; contrast blends
-    with the mean luma of the current image, which for an affine image A x + b is
-    w . (A mu + b) with mu = ``channel_mean`` of the input: the composition is exact except for
-    torchvision's clamp to [0, 1] after every op (applied once, at the end, by the caller)."""
+    Brightness, saturation and grayscale are 3x3 matrices; contrast blends with the mean luma of
+    the current image, which for an image A x + b is w . (A mu + b) with mu = ``channel_mean`` of
+    the input. The composition is exact except for torchvision's clamp to [0, 1] after every op
+    (the caller clamps once, after the map). Hue is not linear in RGB and is never included."""
     n, dev = channel_mean.shape[0], channel_mean.device
     eye = torch.eye(3, device=dev).expand(n, 3, 3)
     w = torch.tensor(GRAY, device=dev)
     luma = w.expand(3, 3)  # every row = w: x -> gray(x) on each channel
-    bright, contrast, sat, hue = (f.view(-1, 1, 1) for f in p.factors.to(dev).unbind(1))
+    bright, contrast, sat, _ = (f.view(-1, 1, 1) for f in p.factors.unbind(1))
     m_sat = sat * eye + (1 - sat) * luma
-    theta = 2 * math.pi * hue.view(-1)
-    rot = torch.zeros(n, 3, 3, device=dev)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(theta), torch.sin(theta)
-    rot[:, 2, 1], rot[:, 2, 2] = -torch.sin(theta), torch.cos(theta)
-    m_hue = _YIQ_INV.to(dev, torch.float32) @ rot @ _YIQ.to(dev, torch.float32)
     a, b = eye, torch.zeros(n, 3, 1, device=dev)
     mu = channel_mean.view(n, 3, 1)
     rows = torch.arange(n, device=dev)
-    jitter = p.jitter.to(dev)
     for stage in range(4):
-        op = torch.where(jitter, p.order[:, stage].to(dev), 4)  # 4: no jitter, identity
+        op = torch.where(stages[:, stage], p.order[:, stage], 3)  # 3 (hue) here: identity
         target = (w.view(1, 1, 3) @ (a @ mu + b)).expand(n, 3, 1)  # mean luma, broadcast
-        cand_a = torch.stack((bright * a, contrast * a, m_sat @ a, m_hue @ a, a), 1)
-        cand_b = torch.stack(
-            (bright * b, contrast * b + (1 - contrast) * target, m_sat @ b, m_hue @ b, b), 1
-        )
+        cand_a = torch.stack((bright * a, contrast * a, m_sat @ a, a), 1)
+        cand_b = torch.stack((bright * b, contrast * b + (1 - contrast) * target, m_sat @ b, b), 1)
         a, b = cand_a[rows, op], cand_b[rows, op]
-    gray = p.gray.to(dev).view(-1, 1, 1)
-    a = torch.where(gray, luma @ a, a)
-    b = torch.where(gray, luma @ b, b)
+    if gray:
+        drawn = p.gray.view(-1, 1, 1)
+        a, b = torch.where(drawn, luma @ a, a), torch.where(drawn, luma @ b, b)
     return a, b.view(n, 3)
+
+
+def _apply_affine(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape  # bmm + add_: 8x faster than baddbmm with a broadcast bias (CPU thread)
+    return torch.bmm(a, x.view(n, c, h * w)).add_(b.unsqueeze(-1)).view(n, c, h, w)
+
+
+def _clamp_channels(y: torch.Tensor, lo, hi) -> torch.Tensor:
+    for ch in range(y.shape[1]):  # scalar bounds per channel: 10x faster than tensor bounds (CPU)
+        y[:, ch].clamp_(lo[ch], hi[ch])
+    return y
 
 
 def photometric_fused(
     images: torch.Tensor, params: PhotometricParams, mean=None, std=None
 ) -> torch.Tensor:
-    """The photometric recipe in a few passes over the pixels (profiled: the op-by-op path spends
-    most of its time in the HSV round trip of hue and in full-size temporaries).
+    """The photometric recipe in a few batched passes over the pixels (profiled: the op-by-op path
+    spends its time in the six-way HSV select of hue and in full-size temporaries).
 
-    1. colour jitter + grayscale + the 1/255 scale + normalisation as one per-sample affine map
-       (``color_affine``), one ``baddbmm`` over the batch;
-    2. one clamp to the normalised image of [0, 1] (torchvision clamps after every jitter op: the
-       only difference to the exact path besides YIQ vs HSV hue; measured in RESULTS.md);
-    3. blur of the drawn samples only, on the normalised image (blur is linear per channel and its
-       kernel sums to 1, so it commutes with the per-channel normalisation exactly);
-    4. solarisation of the drawn samples, threshold and inversion mapped to normalised values."""
+    1. the jitter ops before hue (in each sample's order) as one per-sample affine map + clamp;
+    2. hue (HSV, as torchvision) on the jittered rows, by ``hue_shift``;
+    3. the jitter ops after hue, grayscale, the 1/255 scale and the normalisation as one affine
+       map + one clamp to the normalised image of [0, 1];
+    4. blur of the drawn rows only, one call per kernel size, on the normalised image (blur is
+       linear per channel and its kernel sums to 1: it commutes with the normalisation);
+    5. solarisation of the drawn rows, threshold and inversion mapped to normalised values.
+    Differences to the exact path: torchvision clamps after every jitter op, here once per affine
+    block (the measured tolerance is in tests/test_device_aug.py and benchmarks/RESULTS.md)."""
     x = images.float() if images.dtype == torch.uint8 else images.float() * 255
     n, c, h, w = x.shape
     dev = x.device
     cpu = params.to("cpu")  # decisions and row indices from the CPU copy: no device syncs
     p = params.to(dev)
-    m = torch.tensor(mean if mean is not None else (0.0,) * c, device=dev)
-    s = torch.tensor(std if std is not None else (1.0,) * c, device=dev)
+    mean, std = (mean, std) if mean is not None else ((0.0,) * c, (1.0,) * c)
+    m, s = torch.tensor(mean, device=dev), torch.tensor(std, device=dev)
     x = x.contiguous()
     if cpu.flip.any():
         idx = torch.nonzero(cpu.flip).flatten().to(dev)
         x = x.index_copy(0, idx, x[idx].flip(-1))
-    jitter = bool(cpu.jitter.any())
-    if jitter or bool(cpu.gray.any()):
-        channel_mean = x.mean((2, 3)) / 255 if jitter else x.new_zeros(n, c)
-        a, b = color_affine(p, channel_mean)
-        a = a / (255 * s.view(1, c, 1))
-        b = (b - m) / s
-        # bmm + add_ measured 8x faster than baddbmm with a broadcast bias on one CPU thread
-        y = torch.bmm(a, x.view(n, c, h * w)).add_(b.unsqueeze(-1)).view(n, c, h, w)
-    else:
-        y = x.mul_((1 / (255 * s)).view(1, c, 1, 1)).sub_((m / s).view(1, c, 1, 1))
-    mean_, std_ = (mean, std) if mean is not None else ((0.0,) * c, (1.0,) * c)
-    lo = [-mc / sc for mc, sc in zip(mean_, std_)]
-    hi = [(1 - mc) / sc for mc, sc in zip(mean_, std_)]
-    for ch in range(c):  # scalar bounds per channel: 10x faster than tensor bounds on a CPU
-        y[:, ch].clamp_(lo[ch], hi[ch])
+    x = x.mul_(1 / 255)
+    if cpu.jitter.any():
+        for stage in range(4):  # one affine map + clamp per stage, as torchvision clamps per op
+            onehot = torch.zeros(n, 4, dtype=torch.bool, device=dev)
+            onehot[:, stage] = p.jitter
+            a, b = jitter_affine(p, onehot, x.mean((2, 3)))
+            x = _clamp_channels(_apply_affine(x, a, b), (0.0,) * c, (1.0,) * c)
+            hue = cpu.jitter & (cpu.order[:, stage] == 3) & (cpu.factors[:, 3] != 0)
+            rows = torch.nonzero(hue).flatten().to(dev)
+            x.index_copy_(0, rows, hue_shift(x[rows], p.factors[rows, 3]))
+    none = torch.zeros(n, 4, dtype=torch.bool, device=dev)
+    a, b = jitter_affine(p, none, x.new_zeros(n, c), gray=True)
+    y = _apply_affine(x, a / s.view(1, c, 1), (b - m) / s)
+    lo = [-mc / sc for mc, sc in zip(mean, std)]
+    hi = [(1 - mc) / sc for mc, sc in zip(mean, std)]
+    y = _clamp_channels(y, lo, hi)
     radii = torch.ceil(3 * cpu.sigma).clamp(max=MAX_RADIUS).long()
     for radius in radii[cpu.blur].unique().tolist():  # one call per kernel size: fewer taps
         idx = torch.nonzero(cpu.blur & (radii == radius)).flatten().to(dev)
