@@ -196,18 +196,21 @@ def _rank_draw(rank, images, step):
     from common.data.device_aug import DeviceTransform, aug_generator
 
     t = DeviceTransform([SPEC], SPEC, CIFAR_MEAN, CIFAR_STD, rank=rank, world_size=2)
-    rows = images[rank * 8 : rank * 8 + 8]
+    rows = torch.from_numpy(images[rank * 8 : rank * 8 + 8])
     again = [t._draw(t.view_specs[0], 8, aug_generator(7, step)).sigma for _ in range(2)]
     out = t({"unlabeled": [rows]}, aug_generator(7, step))["unlabeled"][0]
-    return again, out
+    return [a.numpy() for a in again], out.numpy()  # numpy: see the test
 
 
+@pytest.mark.distributed
 def test_two_processes_draw_disjoint_reproducible_rows(images):
     """gloo, 2 ranks x 8 rows: each rank redraws the same parameters for a step, the ranks'
     rows are disjoint, and together they are the rows (and outputs) of one process with 16."""
-    results = run_distributed(_rank_draw, 2, images, 5)
-    (a0, a1), out0 = results[0]
-    (b0, b1), out1 = results[1]
+    # numpy in and out: a tensor crosses processes as a shared-memory handle that the sender's
+    # exit can close before the receiver opens it (FileNotFoundError, seen here)
+    results = run_distributed(_rank_draw, 2, images.numpy(), 5)
+    (a0, a1), out0 = [torch.from_numpy(a) for a in results[0][0]], torch.from_numpy(results[0][1])
+    (b0, b1), out1 = [torch.from_numpy(a) for a in results[1][0]], torch.from_numpy(results[1][1])
     assert torch.equal(a0, a1) and torch.equal(b0, b1)
     assert not torch.isin(a0, b0).any()
     single = D.DeviceTransform([SPEC], SPEC, CIFAR_MEAN, CIFAR_STD)
