@@ -230,3 +230,17 @@ def test_suave_resume_with_device_augmentation_is_exact(tmp_path, tiny_data):
     args = [*SUAVE, f"data.root={tiny_data}", "data.augment_on=device", "data.local_blur=0.5",
             "data.global_blur=[0.5,0.5]", "data.global_solarize=[0.0,0.5]"]  # fmt: skip
     check_resume(tmp_path, main_suave.main, "main_suave.py", args, ["queue.embeddings"])
+
+
+def test_bench_data_device_path_runs(cifar100_mini, monkeypatch):
+    """benchmarks/bench_data.py's device-path measure (the code a GPU runs too) on 4 images."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_data
+
+    cfg = bench_data.DataConfig(**bench_data.SCENARIOS["cifar"])
+    source = bench_data.ImageFolderSource(str(cifar100_mini / "train"))
+    rates = bench_data.device_rates(cfg, source, 4, 1, torch.device("cpu"))
+    assert set(rates) == {"geometric", "pil_photo", "fused", "exact"}
+    assert all(r > 0 for r in rates.values())
