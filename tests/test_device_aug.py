@@ -244,3 +244,14 @@ def test_bench_data_device_path_runs(cifar100_mini, monkeypatch):
     rates = bench_data.device_rates(cfg, source, 4, 1, torch.device("cpu"))
     assert set(rates) == {"geometric", "pil_photo", "fused", "exact"}
     assert all(r > 0 for r in rates.values())
+
+
+def test_fused_path_is_device_clean():
+    """On the meta device (no data), the fused path and DeviceTransform run through: no tensor of
+    another device is mixed in and no device value is read back on the host (no sync on CUDA);
+    every decision and row index comes from the CPU copy of the parameters."""
+    x = torch.empty(8, 3, 32, 32, dtype=torch.uint8, device="meta")
+    t = D.DeviceTransform([SPEC, SPEC], SPEC, CIFAR_MEAN, CIFAR_STD)
+    out = t({"unlabeled": [x, x], "labeled": x}, torch.Generator().manual_seed(1))
+    assert all(v.device.type == "meta" and v.dtype == torch.float32 for v in out["unlabeled"])
+    assert out["labeled"].shape == x.shape
