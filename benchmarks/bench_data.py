@@ -9,6 +9,13 @@ and crops, with two plain torchvision pipelines:
 Model consumption: images/s of the backbone forward+backward on the same crops (a quick measure
 on this machine), or ``--model_rate`` (e.g. images/s that bench_step.py printed on a GPU).
 
+Device path (``data.augment_on=device``, issue 16), on the same files and crops: ``geometric``
+is what a worker then does (decode + crop + flip to uint8, images/s per worker); the photometric
+part is timed three ways per image (all its views): ``pil_photo`` (the worker path's PIL ops after
+crop/flip, one thread), and ``DeviceTransform`` in ``fused`` and ``exact`` mode on one batch of
+the images' uint8 views, with one torch thread on a CPU (``--device``: on a GPU when there is
+one; ``--device cpu`` forces the CPU).
+
 Scenarios: ``cifar`` 2x32 + 4x16 px crops of the 32 px images (the CIFAR recipe) and ``paper``
 2x224 + 8x96 px crops (the ImageNet recipe) of the same images upsampled by the crop.
   python benchmarks/bench_data.py [--scenarios cifar,paper] [--model_rate 1200]
@@ -21,10 +28,13 @@ import argparse
 import math
 
 import benchlib  # sets sys.path and the torchvision shim first
+import numpy as np
 import torch
 from benchlib import SHARED_DATA, environment, interleaved, median, pick_device, spread
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
+from common.data.device_aug import DeviceTransform, GeometricMultiCrop, aug_generator
 from common.data.loaders import DataConfig, SemiSupervisedDataset
 from common.data.sources import ImageFolderSource
 from common.data.transforms import MultiCrop, ViewTransform
@@ -130,6 +140,67 @@ class Pipelines:
         return run
 
 
+class DevicePath:
+    """``augment_on=device`` on the same files: worker (geometric) part and photometric part."""
+
+    def __init__(self, cfg: DataConfig, source: ImageFolderSource, images: int, device):
+        mean, std = cfg.mean_std
+        self.specs = cfg.view_specs()
+        self.geometric_views = GeometricMultiCrop(self.specs)
+        self.pil_views = [ViewTransform(spec, mean, std) for spec in self.specs]
+        self.source, self.images, self.device = source, images, device
+        self.offset = 0
+        crops = [self._crops(i) for i in range(images)]  # the views of each image, uint8
+        self.pil = [[TF.to_pil_image(v) for v in views] for views in crops]
+        self.batch = {"unlabeled": [torch.stack(vs).to(device) for vs in zip(*crops)]}
+        self.transforms = {
+            mode: DeviceTransform(self.specs, cfg.labeled_spec(), mean, std, flip=False, mode=mode)
+            for mode in ("fused", "exact")
+        }
+        self.step = 0
+
+    def _crops(self, i: int) -> list[torch.Tensor]:
+        img = self.source.load(i % len(self.source))
+        return self.geometric_views(img, np.random.default_rng(i))
+
+    def run_geometric(self) -> None:
+        start = self.offset
+        self.offset += self.images
+        for i in range(start, start + self.images):
+            self._crops(i)
+
+    def run_pil_photometric(self) -> None:
+        rng = np.random.default_rng(self.step)
+        self.step += 1
+        for views in self.pil:
+            for view, img in zip(self.pil_views, views):
+                view.photometric(img, rng)
+
+    def runner(self, mode: str):
+        transform = self.transforms[mode]
+
+        def run() -> None:
+            self.step += 1
+            transform(self.batch, aug_generator(0, self.step))
+
+        return run
+
+
+def device_rates(cfg: DataConfig, source, images: int, reps: int, device) -> dict[str, float]:
+    """Images/s of the device path's parts (one torch thread on a CPU)."""
+    path = DevicePath(cfg, source, images, device)
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        parts = {"geometric": path.run_geometric, "pil_photo": path.run_pil_photometric}
+        worker = interleaved(parts, reps, cpu, warmup=1)
+        photo = interleaved({m: path.runner(m) for m in path.transforms}, reps, device, warmup=1)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: images / median(t) for name, t in {**worker, **photo}.items()}
+
+
 def model_rate(cfg: DataConfig, backbone_name: str, batch: int, device, reps: int = 3) -> float:
     """Images/s (unlabeled + half as many labeled) of backbone forward+backward on these crops."""
     backbone, _ = build_backbone(backbone_name)
@@ -177,7 +248,8 @@ def main(argv=None) -> dict:
             how = f"{backbone} fwd+bwd, batch {batch}+{max(1, batch // 2)}"
             if device.type == "cpu":
                 how += f", {args.model_threads} thread(s)"
-        results[name] = {"rates": rates, "model_rate": consume}
+        dev = device_rates(cfg, source, images, args.reps, device)
+        results[name] = {"rates": rates, "model_rate": consume, "device_path": dev}
         crops = f"{cfg.num_global}x{cfg.global_size} + {cfg.num_local}x{cfg.local_size} px"
         print(f"\n[{name}] {crops} crops of {args.root} ({images} images/rep, "
               f"median [IQR] {args.clock} s)")  # fmt: skip
@@ -185,12 +257,20 @@ def main(argv=None) -> dict:
             print(f"  {k:8s} {spread(v)} s/rep -> {rates[k]:8.1f} images/s per worker "
                   f"({rates[k] * views:.0f} crops/s)")  # fmt: skip
         print(f"  model    {consume:8.1f} images/s ({how}, {device.type})")
+        print(f"  device path (augment_on=device): geometric worker {dev['geometric']:.1f}, "
+              f"photometric: PIL {dev['pil_photo']:.1f}, fused {dev['fused']:.1f}, "
+              f"exact {dev['exact']:.1f} images/s ({device.type}, 1 thread on a CPU)")  # fmt: skip
         workers = math.ceil(consume / rates["ours"])
         lines += [
             f"RATIO {name} ours/tv_same = {rates['ours'] / rates['tv_same']:.2f}",
             f"RATIO {name} ours/tv_rrc = {rates['ours'] / rates['tv_rrc']:.2f}",
             f"RATIO {name} worker/model = {rates['ours'] / consume:.3f} "
             f"(workers needed to feed the model: {workers})",
+            f"RATIO {name} photometric {device.type} fused/PIL = "
+            f"{dev['fused'] / dev['pil_photo']:.2f} "
+            f"(exact/PIL {dev['exact'] / dev['pil_photo']:.2f})",
+            f"RATIO {name} worker geometric/full = {dev['geometric'] / rates['ours']:.2f} "
+            f"(device-path workers needed: {math.ceil(consume / dev['geometric'])})",
         ]
     print(f"\nenvironment: {environment(device)}")
     for line in lines:

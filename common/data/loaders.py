@@ -87,6 +87,10 @@ class DataConfig:
     # "device" (workers decode + crop/flip to uint8; common/data/device_aug.py on the training
     # device). "device" is meant as the CUDA default once proven on a GPU.
     augment_on: Literal["workers", "device"] = "workers"
+    # photometric part with augment_on=device: "fused" (colour ops as one per-sample affine map,
+    # one clamp, YIQ hue; ~8x faster on a CPU) or "exact" (op by op, torchvision's functional ops
+    # to float32 rounding). Measured difference and speeds: benchmarks/RESULTS.md (issue 16).
+    device_aug_mode: Literal["fused", "exact"] = "fused"
 
     def validate(self) -> None:
         if self.labels_per_class is not None and self.label_list is not None:
@@ -421,7 +425,13 @@ def build_train_data(
         from common.data.device_aug import DeviceTransform
 
         data.device_transform = DeviceTransform(
-            cfg.view_specs(), cfg.labeled_spec(), mean, std, rank, world_size
+            cfg.view_specs(),
+            cfg.labeled_spec(),
+            mean,
+            std,
+            rank,
+            world_size,
+            mode=cfg.device_aug_mode,
         )
     return data
 

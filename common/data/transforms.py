@@ -78,6 +78,11 @@ class ViewTransform:
         )
         if s.flip and rng.random() < 0.5:
             img = F.hflip(img)
+        return self.photometric(img, rng)
+
+    def photometric(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        """The part after crop and flip (what ``augment_on=device`` moves to the device)."""
+        s = self.spec
         if any(s.jitter) and rng.random() < s.jitter_prob:
             img = self._jitter(img, rng)
         if rng.random() < s.grayscale_prob:
