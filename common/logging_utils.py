@@ -85,6 +85,12 @@ class MetricsCSV:
             self._rewrite(rows)
 
 
+def wandb_key(section: str, column: str) -> str:
+    """The one key scheme: CSV column ``val_top1`` is wandb ``val/top1``, ``loss`` of the step
+    file is ``train/loss``, ``train_labeled_acc`` is ``train/labeled_acc`` (no doubled prefix)."""
+    return f"{section}/{column.removeprefix(section + '_')}"
+
+
 def _fmt(value):
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -125,6 +131,10 @@ class WandbLogger:
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:
             self.run.log(metrics, step=step)
+
+    def log_row(self, section: str, row: dict) -> None:
+        """A CSV row (``train``: metrics_step.csv, ``val``: metrics_epoch.csv) at its ``step``."""
+        self.log({wandb_key(section, k): v for k, v in row.items() if k != "step"}, row["step"])
 
     def finish(self) -> None:
         if self.run is not None:
