@@ -145,3 +145,29 @@ def test_training_run_keys_and_steps_agree_everywhere(tmp_path, tiny_data, monke
     assert all(float(r["grad_norm"]) > 0 for r in step_rows)
     assert float(step_rows[0]["teacher_momentum"]) < float(step_rows[-1]["teacher_momentum"])
     assert float(step_rows[0]["teacher_temp"]) < float(step_rows[-1]["teacher_temp"])
+
+    # evaluate.py --log_to_run: k-NN / prototype results join the run at the checkpoint's step
+    from common.evaluate import main as evaluate_main
+
+    eval_args = ["--evaluators", "knn,prototype", "--num_workers", "0", "--knn_k", "5"]
+    evaluate_main([str(run_dir / "checkpoints" / "checkpoint_00000006.pth"), "--log_to_run",
+                   *eval_args])  # fmt: skip
+    results = evaluate_main([str(run_dir / "checkpoints" / "last.pth"), "--log_to_run", *eval_args])
+    epoch_rows = {int(r["step"]): r for r in read_csv(run_dir / "metrics_epoch.csv")}
+    assert sorted(epoch_rows) == [4, 6, 8]  # the final row gained columns, step 6 is new
+    knn = results["knn"]["top1"]
+    assert float(epoch_rows[8]["val_knn_top1"]) == pytest.approx(knn, abs=1e-4)
+    assert float(epoch_rows[8]["val_prototype_top1"]) == pytest.approx(
+        float(epoch_rows[8]["val_top1"])
+    )
+    assert epoch_rows[6]["val_top1"] == "" and epoch_rows[6]["val_knn_top1"] != ""
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["step"] == 8 and saved["val_knn_top1"] == pytest.approx(knn)
+    runs = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    assert len(runs) == 3 and all(p.name == f"run-{run_id}.wandb" for p in runs)  # same run id
+    logged = {}
+    for path in runs[1:]:
+        for step, row in wandb_history(path).items():
+            logged.setdefault(step, {}).update(row)
+    assert logged[8]["val/knn_top1"] == pytest.approx(knn) and "val/knn_top5" in logged[6]
