@@ -157,6 +157,7 @@ class Trainer:
         )  # fmt: skip
         method.setup(train_cfg.epochs, self.spe)
         self.start_step = 0
+        self.want_grad_norm = False
         self.last_grad_norm: torch.Tensor | None = None
         self.step_csv = MetricsCSV(self.run_dir / "metrics_step.csv") if dist.is_main() else None
         self.epoch_csv = MetricsCSV(self.run_dir / "metrics_epoch.csv") if dist.is_main() else None
@@ -265,12 +266,12 @@ class Trainer:
             dist.all_reduce_(flag, "max")
         return bool(flag.item() > 0)
 
-    def train_step(self, batch: dict, ctx: StepContext, grad_norm: bool = False):
-        """One optimisation step; ``grad_norm``: keep the total gradient norm (before clipping)
-        in ``self.last_grad_norm`` for the log row (computed only when asked: it costs a pass
-        over the gradients, and a synchronisation when read)."""
+    def train_step(self, batch: dict, ctx: StepContext):
+        """One optimisation step. With ``self.want_grad_norm`` (set by the loop on steps that
+        are logged) the total gradient norm before clipping is kept in ``self.last_grad_norm``:
+        it costs a pass over the gradients, and a synchronisation when read."""
         cfg = self.cfg
-        self.last_grad_norm = None
+        grad_norm, self.last_grad_norm = self.want_grad_norm, None
         self._set_schedules(ctx.step)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
         batch = batch_to_device(batch, self.device, cfg.channels_last)
@@ -376,7 +377,8 @@ class Trainer:
                 )  # fmt: skip
                 bad_images += batch.pop("num_bad_images", 0)
                 log_now = (step + 1) % self.print_every == 0 or step + 1 == last_step
-                out = self.train_step(batch, ctx, grad_norm=log_now)
+                self.want_grad_norm = log_now
+                out = self.train_step(batch, ctx)
                 step += 1
                 window_steps += 1
                 bar.update(step - epoch * self.spe, loss=out.loss)
