@@ -12,7 +12,9 @@ tensor costs one synchronisation per redraw, not one per step.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import sys
 import time
 
@@ -53,6 +55,17 @@ class _LazyValues:
         return prefix + str(self)
 
 
+def _fixed_width(stream) -> int | None:
+    """None: tqdm follows the terminal's size. A terminal that reports 0x0 (a pty nobody sized,
+    e.g. under ``script`` or some CI runners) would hide the bar (tqdm takes it for a bar below
+    the last row): 100 columns and 20 rows then."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return None if columns > 0 else int(os.environ.get("COLUMNS", "0") or 0) or 100
+
+
 def _console_handler_on(stream) -> bool:
     """``logging_redirect_tqdm`` redirects only handlers writing to sys.stdout / sys.stderr."""
     return stream in (sys.stdout, sys.stderr) and any(
@@ -88,9 +101,11 @@ class ProgressBar:
         if self.enabled:
             if _console_handler_on(self.stream):
                 self._redirect.enter_context(logging_redirect_tqdm())
+            width = _fixed_width(self.stream)
             self.bar = tqdm(
-                total=self.total, initial=start, desc=desc, file=self.stream,
-                mininterval=min_interval, dynamic_ncols=True, unit="step", leave=True,
+                total=self.total, initial=start, desc=desc, file=self.stream, ncols=width,
+                nrows=None if width is None else 20, dynamic_ncols=width is None,
+                mininterval=min_interval, unit="step", leave=True,
             )  # fmt: skip
             self.bar.postfix = self._postfix  # tqdm formats it with str() at each redraw
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import re
 import sys
 
@@ -155,6 +156,22 @@ def test_progress_bar_on_a_terminal_keeps_log_lines_apart(monkeypatch):
     # tqdm clears the bar, the record gets a line of its own, then the bar is redrawn
     assert re.search(r"\r +\ra log record\n\repoch 0:  50%", text), text
     assert text.endswith("\n")
+
+
+def test_progress_bar_on_an_unsized_terminal_still_draws(monkeypatch):
+    """A pty that reports 0x0 (``script``, some CI runners) made tqdm hide the bar entirely."""
+
+    class UnsizedTTY(FakeTTY):
+        def fileno(self):
+            return 1
+
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    stream = UnsizedTTY()
+    bar = ProgressBar(4, "epoch 2", stream=stream, min_interval=0.0)
+    for i in range(1, 5):
+        bar.update(i, loss=0.5)
+    bar.close()
+    assert "epoch 2: 100%" in stream.getvalue() and "4/4" in stream.getvalue()
 
 
 def test_progress_bar_elsewhere_only_logs_a_summary(caplog):
