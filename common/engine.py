@@ -161,6 +161,8 @@ class Trainer:
         )  # fmt: skip
         method.setup(train_cfg.epochs, self.spe)
         self.start_step = 0
+        self.want_grad_norm = False
+        self.last_grad_norm: torch.Tensor | None = None
         self.step_csv = MetricsCSV(self.run_dir / "metrics_step.csv") if dist.is_main() else None
         self.epoch_csv = MetricsCSV(self.run_dir / "metrics_epoch.csv") if dist.is_main() else None
         self.preempt = PreemptionFlag()
@@ -203,9 +205,9 @@ class Trainer:
             raise UserError(f"checkpoint {path}: optimizer state does not fit: {err}") from None
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         self.start_step = int(ckpt["step"])
-        for csv in (self.step_csv, self.epoch_csv):
+        for csv in (self.step_csv, self.epoch_csv):  # rows of steps the checkpoint has not seen
             if csv is not None:
-                csv.truncate_after(self.start_step - 1)
+                csv.truncate_after(self.start_step)
         log.info("resumed from %s at step %d", path, self.start_step)
 
     def save(self, next_step: int) -> None:
@@ -269,7 +271,11 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def train_step(self, batch: dict, ctx: StepContext):
+        """One optimisation step. With ``self.want_grad_norm`` (set by the loop on steps that
+        are logged) the total gradient norm before clipping is kept in ``self.last_grad_norm``:
+        it costs a pass over the gradients, and a synchronisation when read."""
         cfg = self.cfg
+        grad_norm, self.last_grad_norm = self.want_grad_norm, None
         self._set_schedules(ctx.step)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
         batch = batch_to_device(batch, self.device, cfg.channels_last)
@@ -284,9 +290,15 @@ class Trainer:
         if self.method.online_heads is not None:
             self.method.online_heads.sync_gradients()
         self.method.before_optimizer_step(ctx)
-        if self.optim_cfg.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.method.trainable.parameters(), self.optim_cfg.clip_grad)
+        if self.optim_cfg.clip_grad > 0 or grad_norm:
+            self.scaler.unscale_(self.optimizer)  # norms of the true gradients, not scaled ones
+            params = [p for p in self.method.trainable.parameters() if p.grad is not None]
+            if self.optim_cfg.clip_grad > 0:
+                norm = nn.utils.clip_grad_norm_(params, self.optim_cfg.clip_grad)
+            else:
+                norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params]
+                norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+            self.last_grad_norm = norm.detach() if grad_norm else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_optimizer_step(ctx)
@@ -295,16 +307,23 @@ class Trainer:
     def _log_step(
         self, out, ctx: StepContext, images_per_s: float, data_wait: float, num_bad: int
     ) -> None:
-        """``data_wait``: share of the wall time spent waiting for the loader (0: never
-        starved; near 1: add ``data.num_workers``)."""
+        """One row of ``metrics_step.csv`` (and wandb ``train/...``) after step ``ctx.step``.
+
+        ``step`` in every row, checkpoint and summary counts the optimisation steps done, so the
+        row logged after the step that a checkpoint ends with carries that checkpoint's step.
+        ``data_wait``: share of the wall time spent waiting for the loader (0: never starved;
+        near 1: add ``data.num_workers``)."""
         names = ["loss", *out.terms]
         values = torch.stack(
             [out.loss.detach().float(), *[v.detach().float() for v in out.terms.values()]]
         )
         dist.all_reduce_(values, "mean")
-        row = {"step": ctx.step, "epoch": ctx.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        row = {"step": ctx.step + 1, "epoch": ctx.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({n: float(v) for n, v in zip(names, values.cpu())})
-        row.update(out.metrics)
+        row["weight_decay"] = float(self.wd_schedule[ctx.step])
+        if self.last_grad_norm is not None:
+            row["grad_norm"] = float(self.last_grad_norm)
+        row.update(out.metrics)  # method-provided (Daino: teacher_temp, teacher_momentum)
         row["images_per_s"] = images_per_s
         row["data_wait"] = data_wait
         if num_bad:
@@ -312,10 +331,10 @@ class Trainer:
         if dist.is_main():
             self.step_csv.write(row)
             if self.wandb:
-                self.wandb.log({f"train/{k}": v for k, v in row.items() if k != "step"}, ctx.step)
+                self.wandb.log_row("train", row)
             log.info(
                 "ep %d it %d/%d step %d | %s | lr %.4g | %.1f img/s, data wait %.0f%%",
-                ctx.epoch, ctx.iteration, self.spe, ctx.step,
+                ctx.epoch, ctx.iteration + 1, self.spe, row["step"],
                 " ".join(f"{n} {row[n]:.4f}" for n in names), row["lr"], images_per_s,
                 100 * data_wait,
             )  # fmt: skip
@@ -373,11 +392,13 @@ class Trainer:
                     step_generator(cfg.seed, step, dist.rank()),
                 )  # fmt: skip
                 bad_images += batch.pop("num_bad_images", 0)
+                log_now = (step + 1) % self.print_every == 0 or step + 1 == last_step
+                self.want_grad_norm = log_now
                 out = self.train_step(batch, ctx)
                 step += 1
                 window_steps += 1
                 bar.update(step - epoch * self.spe, loss=out.loss)
-                if step % self.print_every == 0 or step == last_step:
+                if log_now:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     rate = images_per_step * self.world * window_steps / elapsed
                     self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), bad_images)
@@ -400,7 +421,7 @@ class Trainer:
             bar.close()
             epoch_done = step % self.spe == 0
             finished_epoch = step // self.spe
-            row = {"step": step - 1, "epoch": epoch}
+            row = {"step": step, "epoch": epoch}
             evaluate_now = step == last_step or (
                 epoch_done and finished_epoch % max(cfg.eval_every_epochs, 1) == 0
             )
@@ -412,7 +433,7 @@ class Trainer:
             if dist.is_main() and len(row) > 2:
                 self.epoch_csv.write(row)
                 if self.wandb:
-                    self.wandb.log({f"val/{k}": v for k, v in row.items() if k != "step"}, step - 1)
+                    self.wandb.log_row("val", row)
             summary.update(row)
         summary["step"] = step
         log.info("finished at step %d: %s", step, summary)

@@ -10,7 +10,8 @@ training split (centre crops, no augmentation) fit the k-NN and the linear probe
 measured on the validation split. The prototype classifier applies to our checkpoints trained
 with labels, and so do their online linear heads (``head_<depth>``) when the run had them.
 Prints a table and writes ``eval_<name>.json`` and ``.csv`` into --output_dir (default: the run
-directory, or the checkpoint's folder). Runs under torchrun too: each process
+directory, or the checkpoint's folder); ``--log_to_run`` also adds them to the checkpoint's run
+(metrics_epoch.csv, summary.json, wandb). Runs under torchrun too: each process
 embeds a shard and the features are gathered. Bad input is one ``error: ...`` line, exit code 2.
 """
 
@@ -28,6 +29,7 @@ import torch
 
 import common  # noqa: F401  (torchvision compatibility shim)
 from common import dist
+from common.checkpoint import load_file
 from common.data.loaders import EvalDataset
 from common.data.sources import build_source
 from common.data.splits import labels_per_class_split
@@ -37,7 +39,7 @@ from common.errors import UserError, run_cli
 from common.eval import LinearProbeConfig, extract_features, knn_accuracy, linear_probe
 from common.eval.models import FORMATS, load_eval_model
 from common.evaluation import evaluate_classifier, evaluate_classifiers
-from common.logging_utils import setup_logging
+from common.logging_utils import log_into_run, setup_logging
 
 log = logging.getLogger("evaluate")
 EVALUATORS = ("knn", "linear", "prototype")
@@ -90,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     r.add_argument("--output_dir", default=None, help="where the JSON/CSV go")
     r.add_argument("--name", default=None, help="file name stem (default: checkpoint stem)")
+    r.add_argument("--log_to_run", nargs="?", const="", default=None, metavar="RUN_DIR",
+                   help="also log the results into the run the checkpoint belongs to (default: "
+                        "the checkpoint's run): val_<evaluator>_top1/top5 in metrics_epoch.csv at "
+                        "its step, summary.json if it is the final checkpoint, and the run's wandb "
+                        "id resumed offline when the run used wandb")  # fmt: skip
     r.add_argument("--save_features", default=None,
                    help="also save the features and labels k-NN / linear used (.pt)")  # fmt: skip
     args = p.parse_intermixed_args(argv)
@@ -214,6 +221,29 @@ def write_outputs(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     return json_path, csv_path
 
 
+def run_target(args: argparse.Namespace) -> tuple[Path, dict] | None:
+    """``--log_to_run``: the run directory and the checkpoint (ours only), checked before the
+    evaluation starts."""
+    if args.log_to_run is None:
+        return None
+    try:
+        ckpt = load_file(args.checkpoint)
+    except UserError as err:
+        raise UserError(f"--log_to_run needs one of our run checkpoints: {err}") from None
+    run_dir = (
+        Path(args.log_to_run) if args.log_to_run else default_output_dir(Path(args.checkpoint))
+    )
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"--log_to_run: {run_dir} is not a run directory (no config.yaml)")
+    return run_dir, ckpt
+
+
+def run_values(results: dict) -> dict:
+    """``val_<evaluator>_top1/top5`` columns (wandb ``val/<evaluator>_top1``)."""
+    return {f"val_{row['evaluator']}_{k}": row[k] for row in result_rows(results)
+            for k in ("top1", "top5")}  # fmt: skip
+
+
 def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
     model = load_eval_model(args.checkpoint, args.format, args.arch, args.which)
     model.module.to(device).eval()
@@ -273,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
     _, device = dist.init(args.device)
     try:
         setup_logging(None, dist.rank())
+        target = run_target(args) if dist.is_main() else None
         results = evaluate(args, device)
         if dist.is_main():
             out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
@@ -284,6 +315,12 @@ def main(argv: list[str] | None = None) -> dict:
                 if isinstance(results.get(name), str):
                     print(f"{name:<10} {results[name]}")
             print(f"wrote {json_path} and {csv_path}")
+            if target is not None:
+                run_dir, ckpt = target
+                mode = ((ckpt.get("config") or {}).get("log") or {}).get("wandb_mode", "disabled")
+                row = log_into_run(run_dir, ckpt, run_values(results),
+                                   "offline" if mode != "disabled" else None)  # fmt: skip
+                print(f"logged into {run_dir} at step {row['step']}")
         return results
     finally:
         dist.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import secrets
@@ -10,6 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +82,65 @@ class MetricsCSV:
                 writer.writeheader()
             writer.writerow({k: _fmt(v) for k, v in row.items()})
 
+    def merge(self, row: dict) -> None:
+        """Add ``row``'s columns to the row of the same ``step`` (appended when there is none):
+        results computed later (evaluate.py --log_to_run) join the epoch row they belong to."""
+        rows = self._rows()
+        same = [r for r in rows if r.get("step", "") != "" and int(r["step"]) == int(row["step"])]
+        if not same:
+            self.write(row)
+            return
+        self.fields += [k for k in row if k not in self.fields]
+        same[-1].update({k: _fmt(v) for k, v in row.items()})
+        self._rewrite(rows)
+
     def truncate_after(self, step: int) -> None:
         rows = [r for r in self._rows() if r.get("step", "") == "" or int(r["step"]) <= step]
         if self.fields:
             self._rewrite(rows)
 
 
+def wandb_key(section: str, column: str) -> str:
+    """The one key scheme: CSV column ``val_top1`` is wandb ``val/top1``, ``loss`` of the step
+    file is ``train/loss``, ``train_labeled_acc`` is ``train/labeled_acc`` (no doubled prefix)."""
+    return f"{section}/{column.removeprefix(section + '_')}"
+
+
 def _fmt(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+def log_into_run(run_dir: Path, ckpt: dict, values: dict, wandb_mode: str | None = None) -> dict:
+    """Results about checkpoint ``ckpt`` of the run in ``run_dir`` (e.g. ``val_knn_top1``): one
+    row at the checkpoint's step in ``metrics_epoch.csv``, ``summary.json`` when the checkpoint is
+    the run's final one, and, with ``wandb_mode``, the run's own wandb id resumed (``val/...``).
+    Returns the row."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    step = int(ckpt["step"])
+    row = {"step": step, "epoch": max(int(ckpt.get("epoch", 1)) - 1, 0), **values}
+    MetricsCSV(run_dir / "metrics_epoch.csv").merge(row)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("step") == step:  # an earlier checkpoint does not speak for the run
+            summary.update(values)
+            summary_path.write_text(json.dumps(summary, indent=2))
+    if wandb_mode and wandb_mode != "disabled":
+        config = ckpt.get("config") or {}
+        log_cfg = config.get("log", {}) if isinstance(config, dict) else {}
+        cfg = LogConfig(wandb_mode=wandb_mode,
+                        wandb_project=log_cfg.get("wandb_project", LogConfig.wandb_project),
+                        wandb_entity=log_cfg.get("wandb_entity"))  # fmt: skip
+        logger = WandbLogger(cfg, run_dir, run_dir.name, config)
+        logger.log_row("val", row)
+        if logger.run is not None:
+            logger.run.summary.update({wandb_key("val", k): v for k, v in values.items()})
+        logger.finish()
+    return row
 
 
 class WandbLogger:
@@ -125,6 +177,10 @@ class WandbLogger:
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:
             self.run.log(metrics, step=step)
+
+    def log_row(self, section: str, row: dict) -> None:
+        """A CSV row (``train``: metrics_step.csv, ``val``: metrics_epoch.csv) at its ``step``."""
+        self.log({wandb_key(section, k): v for k, v in row.items() if k != "step"}, row["step"])
 
     def finish(self) -> None:
         if self.run is not None:

@@ -73,7 +73,9 @@ class Supervised(Method):
         super().__init__()
         self.cfg, self.scfg = cfg, cfg.supervised
         self.num_classes = num_classes
-        backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
+        backbone, feat_dim = build_backbone(
+            cfg.model.backbone, cfg.model.drop_path, weights=cfg.model.timm_weights
+        )
         self.net = PrototypeClassifier(backbone, feat_dim, self.scfg, num_classes)
         # Cosine scores need the temperature; a linear head's logits are used as they are.
         self.logit_scale = 1.0 / self.scfg.temperature if self.net.use_prototypes else 1.0

@@ -150,7 +150,9 @@ class Daino(Method):
                 f"daino.out_dim={self.num_prototypes} but the data has {num_classes} classes: "
                 "with labels, output k is class k (set out_dim=0)"
             )
-        backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
+        backbone, feat_dim = build_backbone(
+            cfg.model.backbone, cfg.model.drop_path, weights=cfg.model.timm_weights
+        )
         self.student = DainoNetwork(backbone, feat_dim, self.dcfg, self.num_prototypes)
         teacher_backbone, _ = build_backbone(cfg.model.backbone, 0.0)  # no drop path
         self.teacher = DainoNetwork(teacher_backbone, feat_dim, self.dcfg, self.num_prototypes)

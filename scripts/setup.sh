@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv and `pip install -e .[dev,wandb]` into it (idempotent: a second run only checks).
+# Create ./.venv and `pip install -e .[dev,wandb,timm]` into it (idempotent: a second run only checks).
 #   GPU machine (nvidia-smi works): CUDA build of torch from the package index.
 #   CPU machine: torch pinned by constraints-cpu.txt. Elsewhere than our dev machines set
 #   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to fetch the CPU wheel.
@@ -14,7 +14,7 @@ want=$(cat pyproject.toml constraints-cpu.txt | sha1sum | cut -c1-12)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-pip_args=(-q -e ".[dev,wandb]")
+pip_args=(-q -e ".[dev,wandb,timm]")
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi >/dev/null 2>&1; then
   echo "setup: no GPU found, installing the CPU build of torch" >&2
   .venv/bin/python -m pip install -q -c constraints-cpu.txt torch

@@ -139,7 +139,9 @@ class Suave(Method):
     def __init__(self, cfg: SuaveRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
         self.cfg, self.scfg = cfg, cfg.suave
-        backbone, feat_dim = build_backbone(cfg.model.backbone, cfg.model.drop_path)
+        backbone, feat_dim = build_backbone(
+            cfg.model.backbone, cfg.model.drop_path, weights=cfg.model.timm_weights
+        )
         self.num_classes, self.backbone_name = num_classes, cfg.model.backbone
         self.num_prototypes = self.scfg.num_prototypes or num_classes
         self.supervised = cfg.train.batch_size_labeled > 0
