@@ -255,3 +255,34 @@ def test_fused_path_is_device_clean():
     out = t({"unlabeled": [x, x], "labeled": x}, torch.Generator().manual_seed(1))
     assert all(v.device.type == "meta" and v.dtype == torch.float32 for v in out["unlabeled"])
     assert out["labeled"].shape == x.shape
+
+
+def test_random_resized_crop_full_box_is_identity_and_rows_split(images):
+    g = torch.Generator().manual_seed(0)
+    whole = D.random_resized_crop(images, 32, (1.0, 1.0), g, ratio=(1.0, 1.0))
+    assert torch.equal(whole, images)
+    crops = D.random_resized_crop(images, 16, (0.1, 0.5), torch.Generator().manual_seed(1))
+    half = D.random_resized_crop(
+        images[8:], 16, (0.1, 0.5), torch.Generator().manual_seed(1), offset=8, total=16
+    )
+    assert crops.shape == (16, 3, 16, 16) and torch.equal(crops[8:], half)
+
+
+def test_device_resident_needs_device_augmentation():
+    from common.data.loaders import DataConfig
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="augment_on=device"):
+        DataConfig(device_resident=True).validate()
+
+
+def test_suave_resume_with_device_resident_data_is_exact(tmp_path, tiny_data):
+    """The whole data set on the device, crops drawn there from the step generator: resume is
+    still bitwise exact (tests/test_resume.py's check)."""
+    import main_suave
+    from tests.reliability_utils import SUAVE
+    from tests.test_resume import check_resume
+
+    args = [*SUAVE, f"data.root={tiny_data}", "data.augment_on=device",
+            "data.device_resident=true", "data.local_blur=0.5"]  # fmt: skip
+    check_resume(tmp_path, main_suave.main, "main_suave.py", args, ["queue.embeddings"])

@@ -35,6 +35,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from common.data.transforms import ViewSpec, sample_resized_crop
+from common.errors import UserError
 
 MAX_RADIUS = 6  # ceil(3 * 2.0)
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -479,3 +480,67 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def aug_generator(seed: int, step: int) -> torch.Generator:
     """The same on every rank (rows are split by offset), distinct from the step generator."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1013 + 7)
+
+
+def load_all(source) -> torch.Tensor:
+    """The whole source as one (N, 3, H, W) uint8 tensor (CIFAR-sized data sets)."""
+    images = [TF.pil_to_tensor(source.load(i).convert("RGB")) for i in range(len(source))]
+    sizes = {tuple(img.shape) for img in images}
+    if len(sizes) != 1:
+        raise UserError(
+            f"data.device_resident=true needs images of one size, found {len(sizes)} sizes"
+        )
+    return torch.stack(images)
+
+
+class IndexSource:
+    """A source whose ``load`` returns the index: the loader hands out indices only."""
+
+    def __init__(self, source):
+        self.source, self.targets, self.names = source, source.targets, source.names
+        self.classes = source.classes
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> int:
+        return index
+
+
+class IndexViews:
+    """Worker side of ``device_resident``: ``views`` copies of the index (0: the index alone)."""
+
+    def __init__(self, views: int):
+        self.views = views
+
+    def __call__(self, index: int, rng):
+        one = torch.tensor(index, dtype=torch.long)
+        return [one] * self.views if self.views else one
+
+
+class ResidentTransform(DeviceTransform):
+    """``augment_on=device`` with the data set on the device: batches hold indices; every view
+    is cropped (one ``random_resized_crop`` call per view, crop boxes from the step generator,
+    rows split by rank like the photometric parameters), flipped and augmented here."""
+
+    def __init__(self, images: torch.Tensor, view_specs, labeled_spec, mean, std, rank=0,
+                 world_size=1, mode="fused"):  # fmt: skip
+        super().__init__(view_specs, labeled_spec, mean, std, rank, world_size, True, mode)
+        self.images = images  # moved to the batch's device on first use
+
+    def _crop(self, index: torch.Tensor, spec: ViewSpec, generator) -> torch.Tensor:
+        if self.images.device != index.device:
+            self.images = self.images.to(index.device)
+        n = index.shape[0]
+        return random_resized_crop(
+            self.images[index], spec.size, spec.scale, generator, offset=self.rank * n,
+            total=self.world * n,
+        )  # fmt: skip
+
+    def __call__(self, batch: dict, generator: torch.Generator) -> dict:
+        batch = dict(batch)
+        views = batch.get("unlabeled", [])
+        batch["unlabeled"] = [self._crop(i, s, generator) for i, s in zip(views, self.view_specs)]
+        if "labeled" in batch:
+            batch["labeled"] = self._crop(batch["labeled"], self.labeled_spec, generator)
+        return super().__call__(batch, generator)
