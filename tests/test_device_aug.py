@@ -242,7 +242,7 @@ def test_bench_data_device_path_runs(cifar100_mini, monkeypatch):
     cfg = bench_data.DataConfig(**bench_data.SCENARIOS["cifar"])
     source = bench_data.ImageFolderSource(str(cifar100_mini / "train"))
     rates = bench_data.device_rates(cfg, source, 4, 1, torch.device("cpu"))
-    assert set(rates) == {"geometric", "pil_photo", "fused", "exact"}
+    assert set(rates) == {"geometric", "pil_photo", "fused", "exact", "resident"}
     assert all(r > 0 for r in rates.values())
 
 
