@@ -168,12 +168,13 @@ def test_rates_within_binomial_tolerance():
     assert (p.factors[:, 3].abs() <= 0.2).all() and (p.factors[:, :3] >= 0.2).all()
 
 
-def test_suave_trains_with_device_augmentation(tmp_path, tiny_data):
+@pytest.mark.parametrize("mode", ["fused", "exact"])
+def test_suave_trains_with_device_augmentation(tmp_path, tiny_data, mode):
     import main_suave
     from tests.reliability_utils import SUAVE
 
     args = [*SUAVE, f"data.root={tiny_data}", "data.augment_on=device", "train.max_steps=3",
-            "--output_dir", str(tmp_path), "--name", "dev"]  # fmt: skip
+            f"data.device_aug_mode={mode}", "--output_dir", str(tmp_path)]  # fmt: skip
     summary = main_suave.main(args)
     assert summary["step"] == 3
 
