@@ -14,7 +14,8 @@ is what a worker then does (decode + crop + flip to uint8, images/s per worker);
 part is timed three ways per image (all its views): ``pil_photo`` (the worker path's PIL ops after
 crop/flip, one thread), and ``DeviceTransform`` in ``fused`` and ``exact`` mode on one batch of
 the images' uint8 views, with one torch thread on a CPU (``--device``: on a GPU when there is
-one; ``--device cpu`` forces the CPU).
+one; ``--device cpu`` forces the CPU); ``resident``: ``data.device_resident`` (the data set on the
+device as uint8, crops there too, from indices).
 
 Scenarios: ``cifar`` 2x32 + 4x16 px crops of the 32 px images (the CIFAR recipe) and ``paper``
 2x224 + 8x96 px crops (the ImageNet recipe) of the same images upsampled by the crop.
@@ -34,7 +35,13 @@ from benchlib import SHARED_DATA, environment, interleaved, median, pick_device,
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from common.data.device_aug import DeviceTransform, GeometricMultiCrop, aug_generator
+from common.data.device_aug import (
+    DeviceTransform,
+    GeometricMultiCrop,
+    ResidentTransform,
+    aug_generator,
+    load_all,
+)
 from common.data.loaders import DataConfig, SemiSupervisedDataset
 from common.data.sources import ImageFolderSource
 from common.data.transforms import MultiCrop, ViewTransform
@@ -158,6 +165,14 @@ class DevicePath:
             for mode in ("fused", "exact")
         }
         self.step = 0
+        store = load_all(source)  # the data set on the device: crops there too
+        self.resident = ResidentTransform(store, self.specs, cfg.labeled_spec(), mean, std)
+        index = torch.arange(images, device=device) % len(store)
+        self.index_batch = {"unlabeled": [index] * len(self.specs)}
+
+    def run_resident(self) -> None:
+        self.step += 1
+        self.resident(self.index_batch, aug_generator(0, self.step))
 
     def _crops(self, i: int) -> list[torch.Tensor]:
         img = self.source.load(i % len(self.source))
@@ -195,7 +210,8 @@ def device_rates(cfg: DataConfig, source, images: int, reps: int, device) -> dic
     try:
         parts = {"geometric": path.run_geometric, "pil_photo": path.run_pil_photometric}
         worker = interleaved(parts, reps, cpu, warmup=1)
-        photo = interleaved({m: path.runner(m) for m in path.transforms}, reps, device, warmup=1)
+        photo = {m: path.runner(m) for m in path.transforms}
+        photo = interleaved({**photo, "resident": path.run_resident}, reps, device, warmup=1)
     finally:
         torch.set_num_threads(threads)
     return {name: images / median(t) for name, t in {**worker, **photo}.items()}
@@ -259,7 +275,8 @@ def main(argv=None) -> dict:
         print(f"  model    {consume:8.1f} images/s ({how}, {device.type})")
         print(f"  device path (augment_on=device): geometric worker {dev['geometric']:.1f}, "
               f"photometric: PIL {dev['pil_photo']:.1f}, fused {dev['fused']:.1f}, "
-              f"exact {dev['exact']:.1f} images/s ({device.type}, 1 thread on a CPU)")  # fmt: skip
+              f"exact {dev['exact']:.1f}; resident crops + photometric {dev['resident']:.1f} "
+              f"images/s ({device.type}, 1 thread on a CPU)")  # fmt: skip
         workers = math.ceil(consume / rates["ours"])
         lines += [
             f"RATIO {name} ours/tv_same = {rates['ours'] / rates['tv_same']:.2f}",
@@ -269,6 +286,8 @@ def main(argv=None) -> dict:
             f"RATIO {name} photometric {device.type} fused/PIL = "
             f"{dev['fused'] / dev['pil_photo']:.2f} "
             f"(exact/PIL {dev['exact'] / dev['pil_photo']:.2f})",
+            f"RATIO {name} resident {device.type}/full worker = "
+            f"{dev['resident'] / rates['ours']:.2f}",
             f"RATIO {name} worker geometric/full = {dev['geometric'] / rates['ours']:.2f} "
             f"(device-path workers needed: {math.ceil(consume / dev['geometric'])})",
         ]

@@ -168,12 +168,13 @@ def test_rates_within_binomial_tolerance():
     assert (p.factors[:, 3].abs() <= 0.2).all() and (p.factors[:, :3] >= 0.2).all()
 
 
-def test_suave_trains_with_device_augmentation(tmp_path, tiny_data):
+@pytest.mark.parametrize("mode", ["fused", "exact"])
+def test_suave_trains_with_device_augmentation(tmp_path, tiny_data, mode):
     import main_suave
     from tests.reliability_utils import SUAVE
 
     args = [*SUAVE, f"data.root={tiny_data}", "data.augment_on=device", "train.max_steps=3",
-            "--output_dir", str(tmp_path), "--name", "dev"]  # fmt: skip
+            f"data.device_aug_mode={mode}", "--output_dir", str(tmp_path)]  # fmt: skip
     summary = main_suave.main(args)
     assert summary["step"] == 3
 
@@ -242,7 +243,7 @@ def test_bench_data_device_path_runs(cifar100_mini, monkeypatch):
     cfg = bench_data.DataConfig(**bench_data.SCENARIOS["cifar"])
     source = bench_data.ImageFolderSource(str(cifar100_mini / "train"))
     rates = bench_data.device_rates(cfg, source, 4, 1, torch.device("cpu"))
-    assert set(rates) == {"geometric", "pil_photo", "fused", "exact"}
+    assert set(rates) == {"geometric", "pil_photo", "fused", "exact", "resident"}
     assert all(r > 0 for r in rates.values())
 
 
@@ -255,3 +256,34 @@ def test_fused_path_is_device_clean():
     out = t({"unlabeled": [x, x], "labeled": x}, torch.Generator().manual_seed(1))
     assert all(v.device.type == "meta" and v.dtype == torch.float32 for v in out["unlabeled"])
     assert out["labeled"].shape == x.shape
+
+
+def test_random_resized_crop_full_box_is_identity_and_rows_split(images):
+    g = torch.Generator().manual_seed(0)
+    whole = D.random_resized_crop(images, 32, (1.0, 1.0), g, ratio=(1.0, 1.0))
+    assert torch.equal(whole, images)
+    crops = D.random_resized_crop(images, 16, (0.1, 0.5), torch.Generator().manual_seed(1))
+    half = D.random_resized_crop(
+        images[8:], 16, (0.1, 0.5), torch.Generator().manual_seed(1), offset=8, total=16
+    )
+    assert crops.shape == (16, 3, 16, 16) and torch.equal(crops[8:], half)
+
+
+def test_device_resident_needs_device_augmentation():
+    from common.data.loaders import DataConfig
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="augment_on=device"):
+        DataConfig(device_resident=True).validate()
+
+
+def test_suave_resume_with_device_resident_data_is_exact(tmp_path, tiny_data):
+    """The whole data set on the device, crops drawn there from the step generator: resume is
+    still bitwise exact (tests/test_resume.py's check)."""
+    import main_suave
+    from tests.reliability_utils import SUAVE
+    from tests.test_resume import check_resume
+
+    args = [*SUAVE, f"data.root={tiny_data}", "data.augment_on=device",
+            "data.device_resident=true", "data.local_blur=0.5"]  # fmt: skip
+    check_resume(tmp_path, main_suave.main, "main_suave.py", args, ["queue.embeddings"])

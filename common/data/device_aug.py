@@ -11,15 +11,17 @@ per-sample random parameter drawn from a ``torch.Generator``:
   ``augment_on=device`` mode the workers already flipped), colour jitter with probability
   ``jitter_prob`` (brightness, contrast, saturation, hue in a random order per sample, as
   torchvision's ColorJitter), grayscale, Gaussian blur with sigma ~ U[0.1, 2.0], solarisation,
-  then normalisation.
+  then normalisation. Mode ``fused`` (default, ``photometric_fused``) does it in a few batched
+  passes (affine maps per jitter stage, ``hue_shift``, blur per kernel size); ``exact`` op by op.
 - ``random_resized_crop`` crops a batch held on the device (CIFAR-sized data sets) with per-sample
-  boxes in one ``affine_grid`` + ``grid_sample`` call per crop size.
+  boxes in one ``affine_grid`` + ``grid_sample`` call per crop size (``ResidentTransform``,
+  ``data.device_resident``).
 
 Blur: separable convolution with reflect padding, kernel radius ceil(3 sigma) (at most 6, i.e. 13
 taps at sigma = 2), the kernel of torchvision's ``gaussian_blur`` for the same size and sigma.
 PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` (the worker path) approximates a Gaussian with
 three box blurs on uint8 data; the two agree to within ~2/255 mean absolute difference on CIFAR
-images (tested in tests/test_device_aug.py), which is far below the spread of the augmentation.
+images (measured 0.8-1.3/255, tested in tests/test_device_aug.py).
 No new dependency: the choice is measured in benchmarks/RESULTS.md (issue 16 section).
 """
 
@@ -35,6 +37,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from common.data.transforms import ViewSpec, sample_resized_crop
+from common.errors import UserError
 
 MAX_RADIUS = 6  # ceil(3 * 2.0)
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -479,3 +482,67 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def aug_generator(seed: int, step: int) -> torch.Generator:
     """The same on every rank (rows are split by offset), distinct from the step generator."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1013 + 7)
+
+
+def load_all(source) -> torch.Tensor:
+    """The whole source as one (N, 3, H, W) uint8 tensor (CIFAR-sized data sets)."""
+    images = [TF.pil_to_tensor(source.load(i).convert("RGB")) for i in range(len(source))]
+    sizes = {tuple(img.shape) for img in images}
+    if len(sizes) != 1:
+        raise UserError(
+            f"data.device_resident=true needs images of one size, found {len(sizes)} sizes"
+        )
+    return torch.stack(images)
+
+
+class IndexSource:
+    """A source whose ``load`` returns the index: the loader hands out indices only."""
+
+    def __init__(self, source):
+        self.source, self.targets, self.names = source, source.targets, source.names
+        self.classes = source.classes
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> int:
+        return index
+
+
+class IndexViews:
+    """Worker side of ``device_resident``: ``views`` copies of the index (0: the index alone)."""
+
+    def __init__(self, views: int):
+        self.views = views
+
+    def __call__(self, index: int, rng):
+        one = torch.tensor(index, dtype=torch.long)
+        return [one] * self.views if self.views else one
+
+
+class ResidentTransform(DeviceTransform):
+    """``augment_on=device`` with the data set on the device: batches hold indices; every view
+    is cropped (one ``random_resized_crop`` call per view, crop boxes from the step generator,
+    rows split by rank like the photometric parameters), flipped and augmented here."""
+
+    def __init__(self, images: torch.Tensor, view_specs, labeled_spec, mean, std, rank=0,
+                 world_size=1, mode="fused"):  # fmt: skip
+        super().__init__(view_specs, labeled_spec, mean, std, rank, world_size, True, mode)
+        self.images = images  # moved to the batch's device on first use
+
+    def _crop(self, index: torch.Tensor, spec: ViewSpec, generator) -> torch.Tensor:
+        if self.images.device != index.device:
+            self.images = self.images.to(index.device)
+        n = index.shape[0]
+        return random_resized_crop(
+            self.images[index], spec.size, spec.scale, generator, offset=self.rank * n,
+            total=self.world * n,
+        )  # fmt: skip
+
+    def __call__(self, batch: dict, generator: torch.Generator) -> dict:
+        batch = dict(batch)
+        views = batch.get("unlabeled", [])
+        batch["unlabeled"] = [self._crop(i, s, generator) for i, s in zip(views, self.view_specs)]
+        if "labeled" in batch:
+            batch["labeled"] = self._crop(batch["labeled"], self.labeled_spec, generator)
+        return super().__call__(batch, generator)

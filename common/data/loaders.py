@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -91,8 +92,13 @@ class DataConfig:
     # one clamp, YIQ hue; ~8x faster on a CPU) or "exact" (op by op, torchvision's functional ops
     # to float32 rounding). Measured difference and speeds: benchmarks/RESULTS.md (issue 16).
     device_aug_mode: Literal["fused", "exact"] = "fused"
+    # with augment_on=device: the whole data set as uint8 on the training device (CIFAR-sized
+    # sets of equal-size images); workers only hand out indices, crops run there too
+    device_resident: bool = False
 
     def validate(self) -> None:
+        if self.device_resident and self.augment_on != "device":
+            raise UserError("data.device_resident=true needs data.augment_on=device")
         if self.labels_per_class is not None and self.label_list is not None:
             raise UserError("set data.labels_per_class or data.label_list, not both")
         if self.num_global < 1:
@@ -393,11 +399,17 @@ def build_train_data(
     mean, std = cfg.mean_std
     multicrop, labeled_view = MultiCrop(cfg.view_specs(), mean, std), None
     labeled_view = ViewTransform(cfg.labeled_spec(), mean, std)
+    store = None
     if cfg.augment_on == "device":
         from common.data import device_aug
 
         multicrop = device_aug.GeometricMultiCrop(cfg.view_specs())
         labeled_view = device_aug.GeometricView(cfg.labeled_spec())
+        if cfg.device_resident:
+            store = device_aug.load_all(source)
+            source = device_aug.IndexSource(source)
+            multicrop = device_aug.IndexViews(len(cfg.view_specs()))
+            labeled_view = device_aug.IndexViews(0)
     dataset = SemiSupervisedDataset(
         source,
         multicrop,
@@ -422,9 +434,10 @@ def build_train_data(
     )  # fmt: skip
     data = TrainData(loader, sampler, len(source.classes), source.classes, labeled, len(source))
     if cfg.augment_on == "device":
-        from common.data.device_aug import DeviceTransform
+        from common.data.device_aug import DeviceTransform, ResidentTransform
 
-        data.device_transform = DeviceTransform(
+        kind = DeviceTransform if store is None else partial(ResidentTransform, store)
+        data.device_transform = kind(
             cfg.view_specs(),
             cfg.labeled_spec(),
             mean,
