@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 STEP_FILE = re.compile(r"^checkpoint_(\d{8})\.pth$")
 LAST = "last.pth"
+# Temp files name their writer's pid: ``.<target>.<pid>.<random>.tmp`` / ``.last.pth.<pid>.link``
+TEMP_FILE = re.compile(r"^\..+?(?:\.(\d+)\.\w+\.tmp|\.(\d+)\.link|\.tmp|\.link)$")
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -31,8 +33,11 @@ def atomic_save(obj, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # like any other run file (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -42,6 +47,42 @@ def atomic_save(obj, path: str | Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    try:  # read, not set-and-restore: that would briefly change it for every thread
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers (an earlier failed write) are debris too
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temp_files(ckpt_dir: Path) -> None:
+    """Partial files of writers that are gone (a kill mid-write); a live process's in-flight
+    temp file is left alone, whoever it belongs to."""
+    for stale in ckpt_dir.glob(".*"):
+        found = TEMP_FILE.match(stale.name)
+        if found is None:
+            continue
+        pid = found.group(1) or found.group(2)
+        if pid is None or not _pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -138,12 +179,10 @@ def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3)
     """
     ckpt_dir = Path(ckpt_dir)
     if ckpt_dir.is_dir():
-        for stale in ckpt_dir.glob(".*"):
-            if stale.name.endswith((".tmp", ".link")):
-                stale.unlink(missing_ok=True)
+        remove_stale_temp_files(ckpt_dir)
     path = ckpt_dir / f"checkpoint_{step:08d}.pth"
     atomic_save(state, path)
-    tmp_link = ckpt_dir / f".{LAST}.link"
+    tmp_link = ckpt_dir / f".{LAST}.{os.getpid()}.link"
     tmp_link.unlink(missing_ok=True)
     try:
         os.link(path, tmp_link)  # same bytes, no second write

@@ -25,6 +25,7 @@ from common.data import build_train_data, build_val_loader
 from common.engine import Trainer
 from common.errors import UserError
 from common.logging_utils import WandbLogger, setup_logging
+from common.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,7 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Pa
     Refuses to start over an existing run (different config, or checkpoints without --resume),
     so nothing a user trained is ever silently overwritten.
     """
-    for parent in (run_dir, *run_dir.parents):  # fail now, not after data and model are built
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"cannot create run directory {run_dir}: {parent} is a file")
-            break
+    check_run_dir_path(run_dir)
     saved_file = run_dir / "config.yaml"
     latest = load_latest(run_dir / "checkpoints") if resume else None
     if saved_file.is_file():
@@ -113,6 +110,14 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Pa
     return latest
 
 
+def check_run_dir_path(run_dir: Path) -> None:
+    for parent in (run_dir, *run_dir.parents):  # fail now, not after data and model are built
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create run directory {run_dir}: {parent} is a file")
+            break
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -132,13 +137,14 @@ def train_main(
         cfg.train.batch_size_labeled = 0  # zero labels: plain SwAV / DINO pre-training
     config_dict = to_dict(cfg)
     info, device = dist.init(cfg.train.device, cfg.train.dist_timeout_s)
-    group_broken = False
+    group_broken, lock, started = False, None, False
     try:
         name = args.name or Path(args.config).stem
         if name in ("", ".", ".."):  # the run would be the output directory (or its parent)
             raise UserError(f"--name {name!r} is not a run name")
         run_dir = Path(args.output_dir) / name
         setup_logging(None, dist.rank())  # console first: skipped corrupt checkpoints are warned
+        lock = lock_run_dir(run_dir, device)
         resume_from = prepare_run_dir(run_dir, config_dict, args.resume)
         seed_everything(cfg.train.seed)
         data = build_train_data(
@@ -160,6 +166,7 @@ def train_main(
                 save_config(cfg, run_dir / "config.yaml")
             except OSError as err:  # read-only or full disk: say so, in one line
                 raise UserError(f"cannot write run directory {run_dir}: {err}") from None
+        started = True
         dist.barrier()
         setup_logging(run_dir, dist.rank())
         log.info("run %s: %d process(es) [%s], device %s", run_dir, info.world_size, info.source,
@@ -185,5 +192,26 @@ def train_main(
             raise dist.lost_contact_error(err, cfg.train.dist_timeout_s) from None
         raise
     finally:
+        if lock is not None:
+            lock.release(failed=not started)
         if not group_broken:
             dist.shutdown()
+
+
+def lock_run_dir(run_dir: Path, device: torch.device) -> RunLock | None:
+    """Rank 0 locks the run directory for the run's lifetime; every rank learns if it failed."""
+    lock, error = None, None
+    check_run_dir_path(run_dir)
+    if dist.is_main():
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire()
+        except UserError as err:
+            error = err
+    if dist.world_size() > 1:
+        flag = torch.tensor([0.0 if error is None else 1.0], device=device)
+        if dist.all_reduce_(flag, "max").item() > 0 and error is None:
+            error = UserError(f"run directory {run_dir} could not be locked (see rank 0)")
+    if error is not None:
+        raise error
+    return lock
