@@ -211,7 +211,8 @@ def load_latest(ckpt_dir: str | Path) -> tuple[dict, Path] | None:
 
 
 def check_compatible(ckpt: dict, expected: dict, path: str | Path) -> None:
-    """Refuse a checkpoint of another method / architecture / class count, in one line."""
+    """Refuse a checkpoint of another method / architecture / class count / class names (when
+    both sides know them), in one line."""
     meta = ckpt.get("meta", {})
     for key in ("method", "backbone", "num_classes"):
         if key in expected and meta.get(key) != expected[key]:
@@ -219,6 +220,28 @@ def check_compatible(ckpt: dict, expected: dict, path: str | Path) -> None:
                 f"checkpoint {path} was made with {key}={meta.get(key)!r}, "
                 f"but this run has {key}={expected[key]!r}"
             )
+    if meta.get("classes") is not None and expected.get("classes") is not None:
+        diff = class_differences(meta["classes"], expected["classes"])
+        if diff:
+            raise UserError(f"checkpoint {path} was trained on other classes than this run: {diff}")
+
+
+def class_differences(saved: list[str], current: list[str], limit: int = 3) -> str | None:
+    """The first few differences between two ordered class lists (index: saved vs current), or
+    None when they are equal; renamed or reordered folders would mislabel every prototype."""
+    saved, current = [str(c) for c in saved], [str(c) for c in current]
+    if saved == current:
+        return None
+    pairs = [
+        f"#{i} {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(saved, current)) if a != b
+    ]  # fmt: skip
+    parts = []
+    if len(saved) != len(current):
+        parts.append(f"{len(saved)} classes in the checkpoint, {len(current)} here")
+    if pairs:
+        more = f" (+{len(pairs) - limit} more)" if len(pairs) > limit else ""
+        parts.append("checkpoint vs here: " + ", ".join(pairs[:limit]) + more)
+    return "; ".join(parts)
 
 
 def load_state_strict(module: torch.nn.Module, state: dict, path: str | Path, what: str) -> None:

@@ -187,7 +187,11 @@ class Trainer:
             )
 
     def checkpoint_meta(self) -> dict:
-        return dict(self.method.meta())
+        meta = dict(self.method.meta())
+        classes = getattr(self.data, "classes", None)
+        if classes is not None:  # names and order: evaluate.py refuses data that differ
+            meta["classes"] = [str(c) for c in classes]
+        return meta
 
     def load_state(self, ckpt: dict, path: Path) -> None:
         """Restore model, optimiser, scaler and the step to continue from."""
@@ -388,11 +392,13 @@ class Trainer:
             evaluate_now = step == last_step or (
                 epoch_done and finished_epoch % max(cfg.eval_every_epochs, 1) == 0
             )
-            if evaluate_now:
-                row.update(self.evaluate(epoch, step))
+            # Save before evaluating: an error in evaluation (a corrupt val image) never loses
+            # the epoch's training. The checkpoint is the same either way (eval changes nothing).
             if epoch_done or step == last_step:
                 if step == last_step or finished_epoch % max(cfg.checkpoint_every_epochs, 1) == 0:
                     self.save(step)
+            if evaluate_now:
+                row.update(self.evaluate(epoch, step))
             if dist.is_main() and len(row) > 2:
                 self.epoch_csv.write(row)
                 if self.wandb:

@@ -27,6 +27,7 @@ import torch
 
 import common  # noqa: F401  (torchvision compatibility shim)
 from common import dist
+from common.checkpoint import class_differences
 from common.data.loaders import EvalDataset
 from common.data.sources import build_source
 from common.data.splits import labels_per_class_split
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--train_dir", default=None, help="image folder for k-NN / linear (any path)")
     g.add_argument("--val_dir", default=None, help="image folder measuring accuracy (any path)")
     g.add_argument("--download", action="store_true", help="fetch torchvision CIFAR if missing")
+    g.add_argument("--bad_images", default=None, choices=("fail", "skip"),
+                   help="corrupt images: stop, or use the next (default: the run's)")  # fmt: skip
     g.add_argument("--normalization", default=None, choices=("imagenet", "cifar"))
     g.add_argument("--eval_size", type=int, default=None, help="centre-crop size")
     g.add_argument("--eval_resize", type=int, default=None, help="resize before crop (0: none)")
@@ -127,6 +130,7 @@ def data_settings(args: argparse.Namespace, run_config: dict | None) -> dict:
         given = getattr(args, "data_root" if key == "root" else key)
         out[key] = given if given is not None else saved.get(key, default)
     out["download"] = args.download or bool(saved.get("download", False))
+    out["bad_images"] = args.bad_images or saved.get("bad_images", "fail")
     for which in ("train", "val"):
         folder = getattr(args, f"{which}_dir")
         if folder is None:
@@ -152,7 +156,7 @@ def build_loader(data: dict, which: str, classes, args, device):
     mean, std = (CIFAR_MEAN, CIFAR_STD) if data["normalization"] == "cifar" else (
         IMAGENET_MEAN, IMAGENET_STD)  # fmt: skip
     transform = EvalTransform(data["eval_size"], data["eval_resize"] or None, mean, std)
-    dataset = EvalDataset(source, transform)
+    dataset = EvalDataset(source, transform, data["bad_images"])
     shard = torch.utils.data.Subset(dataset, list(range(dist.rank(), len(dataset),
                                                         dist.world_size())))  # fmt: skip
     kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda"}
@@ -221,6 +225,7 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
     log.info("evaluating %s (%s, %s) on %s", args.checkpoint, model.kind, model.arch, where)
 
     if "prototype" in args.evaluators:
+        check_classes(model, classes, where, args.checkpoint)
         if model.classify is None:
             results["prototype"] = "n/a: " + (model.notes[0] if model.notes else "no prototypes")
         elif model.num_prototypes != len(classes):
@@ -252,6 +257,24 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
         )  # fmt: skip
         results["linear"] = linear_probe(train_f, train_y, val_f, val_y, len(classes), cfg)
     return results
+
+
+def check_classes(model, classes: list[str], where: Path, checkpoint) -> None:
+    """The prototype classifier scores class k with prototype k: data whose class names or
+    order differ from training would be scored silently wrong."""
+    if model.classify is None:
+        return
+    if model.classes is None:
+        log.info("checkpoint %s records no class names (older run): class order not checked",
+                 checkpoint)  # fmt: skip
+        return
+    diff = class_differences(model.classes, classes)
+    if diff:
+        raise UserError(
+            f"{where} has other classes than checkpoint {checkpoint} was trained on: {diff} "
+            "(the prototype classifier needs the training classes; --evaluators knn,linear "
+            "works on any data)"
+        )
 
 
 @run_cli

@@ -157,7 +157,8 @@ def train_main(
         )  # fmt: skip
         method = build_method(cfg, data.num_classes, dist.world_size())
         if resume_from is not None:  # a foreign checkpoint is refused before anything is written
-            check_compatible(resume_from[0], method.meta(), resume_from[1])
+            expected = {**method.meta(), "classes": data.classes}
+            check_compatible(resume_from[0], expected, resume_from[1])
         # Only now that data and model are known to be valid does the run directory change.
         dist.barrier()
         if dist.is_main():

@@ -88,3 +88,117 @@ def test_checkpoints_are_written_like_other_run_files(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "last.pth").stat().st_mode) == 0o644
+
+
+def _copy_tree(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+# case 3: a corrupt val image fails (or is skipped) after the epoch's checkpoint is written
+def test_corrupt_val_image_keeps_the_epochs_checkpoint(tmp_path, tiny_data, capsys):
+    import main_suave
+    from tests.helpers import assert_cli_error
+
+    data = _copy_tree(tiny_data, tmp_path / "data")
+    victim = sorted((data / "val").glob("*/*"))[4]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated image
+    args = [*SUAVE, f"data.root={data}", "--output_dir", str(tmp_path), "train.epochs=1"]
+    assert_cli_error(capsys, main_suave.main, [*args, "--name", "fail"],
+                     rf"corrupt image file .*{victim.name}")  # fmt: skip
+    assert (tmp_path / "fail" / "checkpoints" / "checkpoint_00000004.pth").is_file()
+    summary = main_suave.main([*args, "--name", "skip", "data.bad_images=skip"])
+    assert summary["step"] == 4 and "val_top1" in summary
+    assert f"skipping corrupt image {victim}" in capsys.readouterr().out
+
+
+def _big_png(path, side):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (side, side), (90, 20, 200)).save(path)
+
+
+# case 4: an image over PIL's pixel limit is a bad image like a corrupt one
+@pytest.mark.parametrize("side", [12, 16])  # 144 px: PIL's warning zone; 256 px: its error
+def test_image_over_the_pixel_limit_is_a_bad_image(tmp_path, monkeypatch, caplog, side):
+    from PIL import Image
+
+    from common.data.loaders import EvalDataset, SemiSupervisedDataset
+    from common.data.sources import ImageFolderSource
+    from common.errors import UserError
+
+    for cls in ("a", "b"):
+        for i in range(2):
+            _big_png(tmp_path / cls / f"{i}.png", 8)
+    _big_png(tmp_path / "a" / "0.png", side)  # replaces a's first image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    source = ImageFolderSource(tmp_path)
+    with pytest.raises(UserError, match=r"corrupt image file .*a/0.png: over PIL's pixel limit"):
+        source.load(0)
+    identity = lambda img, rng: img.size  # noqa: E731
+    train = SemiSupervisedDataset(source, identity, identity, seed=0, bad_images="skip")
+    assert train[(0, 0, 0, 0)] == (0, (8, 8), 0, 1)  # replaced by a/1.png, its own label
+    val = EvalDataset(source, lambda img: img.size, bad_images="skip")
+    assert val[0] == ((8, 8), 0)
+    assert "skipping corrupt image" in caplog.text
+    with pytest.raises(UserError, match="over PIL's pixel limit"):
+        EvalDataset(source, lambda img: img.size)[0]  # bad_images=fail
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    """One tiny Suave run (4 steps): its directory."""
+    import main_suave
+
+    out = tmp_path_factory.mktemp("trained")
+    main_suave.main([*SUAVE, f"data.root={tiny_data}", "--output_dir", str(out), "--name", "r",
+                     "train.max_steps=4"])  # fmt: skip
+    return out / "r"
+
+
+def _evaluate(*args):
+    import evaluate
+
+    return evaluate.main([*args, "--num_workers", "0", "--device", "cpu"])
+
+
+# case 5: checkpoints carry the class names; evaluate.py refuses data whose classes differ
+def test_evaluate_refuses_other_class_names_or_order(tmp_path, tiny_data, trained, capsys):
+    import torch
+
+    from common.checkpoint import load_file
+    from tests.helpers import assert_cli_error
+
+    ckpt = trained / "checkpoints" / "last.pth"
+    classes = load_file(ckpt)["meta"]["classes"]
+    assert classes == sorted(p.name for p in (tiny_data / "train").iterdir())
+    renamed = _copy_tree(tiny_data, tmp_path / "renamed")
+    for split in ("train", "val"):  # the first class renamed: names and order both change
+        (renamed / split / classes[0]).rename(renamed / split / "zebra")
+    dirs = ["--train_dir", str(renamed / "train"), "--val_dir", str(renamed / "val")]
+    argv = [str(ckpt), *dirs, "--evaluators", "prototype"]
+    line = assert_cli_error(capsys, lambda a: _evaluate(*a), argv, "has other classes than")
+    assert f"#0 '{classes[0]}' vs '{classes[1]}'" in line and "'zebra'" in line, line
+    assert "knn" in _evaluate(str(ckpt), *dirs, "--evaluators", "knn")  # other data: k-NN is fine
+    # a checkpoint from before class names were recorded still loads, saying so in one line
+    old = load_file(ckpt)
+    del old["meta"]["classes"]
+    torch.save(old, tmp_path / "old.pth")
+    capsys.readouterr()
+    result = _evaluate(str(tmp_path / "old.pth"), *dirs, "--evaluators", "prototype")
+    assert "top1" in result["prototype"]
+    assert capsys.readouterr().out.count("records no class names (older run)") == 1
+
+
+def test_resume_refuses_a_checkpoint_of_other_classes():
+    from common.checkpoint import check_compatible
+    from common.errors import UserError
+
+    ckpt = {"meta": {"method": "suave", "classes": ["cat", "dog", "fox"]}}
+    check_compatible(ckpt, {"method": "suave", "classes": ["cat", "dog", "fox"]}, "c.pth")
+    check_compatible({"meta": {"method": "suave"}}, {"classes": ["a"]}, "old.pth")  # no names
+    with pytest.raises(UserError, match=r"other classes than this run: .*#1 'dog' vs 'fox'"):
+        check_compatible(ckpt, {"method": "suave", "classes": ["cat", "fox", "dog"]}, "c.pth")

@@ -307,6 +307,9 @@ def collate_semisupervised(items) -> dict:
 
 
 class EvalDataset(Dataset):
+    """Centre crops and labels. With bad_images=skip a corrupt file is replaced by the next
+    loadable image *with that image's label* (feature extraction needs one row per index)."""
+
     def __init__(self, source, transform, bad_images="fail"):
         self.source, self.transform, self.bad_images = source, transform, bad_images
 
@@ -314,7 +317,18 @@ class EvalDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index):
-        return self.transform(self.source.load(index)), int(self.source.targets[index])
+        n = len(self.source)
+        for current in ((index + k) % n for k in range(n)):
+            try:
+                img = self.source.load(current)
+            except UserError:
+                if self.bad_images != "skip":
+                    raise
+                where = getattr(self.source, "paths", self.source.names)[current]
+                log.warning("skipping corrupt image %s", where)
+                continue
+            return self.transform(img), int(self.source.targets[current])
+        raise UserError("every image of the evaluation set failed to load")
 
 
 @dataclass
@@ -439,6 +453,6 @@ def build_val_loader(
     source = build_source(cfg.dataset, cfg.root, cfg.val_split, cfg.download, classes=classes)
     mean, std = cfg.mean_std
     resize = cfg.eval_resize if cfg.eval_resize > 0 else None
-    dataset = EvalDataset(source, EvalTransform(cfg.eval_size, resize, mean, std))
+    dataset = EvalDataset(source, EvalTransform(cfg.eval_size, resize, mean, std), cfg.bad_images)
     shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world_size)))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, **_loader_kwargs(cfg, device))
