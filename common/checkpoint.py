@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 STEP_FILE = re.compile(r"^checkpoint_(\d{8})\.pth$")
 LAST = "last.pth"
+STABLE = "stable.pth"  # the newest checkpoint whose weights were sane (see ``is_sane``)
+# Weights are "exploded" once their max |w| exceeds this many times max(1, max |w| at the start
+# of the run): a blow-up reaches 1e20 and more, a healthy network stays within a few times its
+# initial scale (normalisation weights start at 1).
+HEALTH_GROWTH = 1e3
 # Temp files name their writer's pid: ``.<target>.<pid>.<random>.tmp`` / ``.last.pth.<pid>.link``
 TEMP_FILE = re.compile(r"^\..+?(?:\.(\d+)\.\w+\.tmp|\.(\d+)\.link|\.tmp|\.link)$")
 
@@ -162,6 +167,26 @@ def first_non_finite(state: dict) -> str | None:
     return floats[int((~ok).nonzero()[0])][0]
 
 
+def max_abs_weight(tensors) -> float:
+    """max |w| over floating tensors (NaN/inf propagate); 0.0 for none."""
+    tensors = [t for t in tensors if t.is_floating_point() and t.numel()]
+    values = [t.detach().abs().max().float() for t in tensors]
+    return float(torch.stack(values).max()) if values else 0.0
+
+
+def weight_limit(reference: float) -> float:
+    return HEALTH_GROWTH * max(float(reference), 1.0)
+
+
+def is_sane(health: dict | None) -> bool:
+    """A checkpoint's health record says its weights are finite and not exploded (checkpoints
+    written before health records existed count as sane)."""
+    if not health:
+        return True
+    value = health.get("max_abs_weight", 0.0)
+    return bool(value == value and value <= weight_limit(health.get("ref_max_abs", 1.0)))
+
+
 def checkpoint_files(ckpt_dir: Path) -> list[Path]:
     """Step checkpoints, newest first."""
     if not ckpt_dir.is_dir():
@@ -173,6 +198,9 @@ def checkpoint_files(ckpt_dir: Path) -> list[Path]:
 def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3) -> Path:
     """Write ``checkpoint_<step>.pth`` and ``last.pth``, then prune to the newest ``keep``.
 
+    ``stable.pth`` also points at it when its ``health`` is sane, so a checkpoint from before a
+    divergence survives however many exploded ones follow and get pruned.
+
     Also removes what an earlier kill left behind: partial temp files, and step files newer than
     ``step`` (after a resume from an older checkpoint, those belong to the abandoned attempt and
     would otherwise count as the newest and crowd out the fresh ones).
@@ -182,13 +210,15 @@ def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3)
         remove_stale_temp_files(ckpt_dir)
     path = ckpt_dir / f"checkpoint_{step:08d}.pth"
     atomic_save(state, path)
-    tmp_link = ckpt_dir / f".{LAST}.{os.getpid()}.link"
-    tmp_link.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp_link)  # same bytes, no second write
-        os.replace(tmp_link, ckpt_dir / LAST)
-    except OSError:
-        atomic_save(state, ckpt_dir / LAST)
+    links = [LAST, STABLE] if is_sane(state.get("health")) else [LAST]
+    for name in links:
+        tmp_link = ckpt_dir / f".{name}.{os.getpid()}.link"
+        tmp_link.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp_link)  # same bytes, no second write
+            os.replace(tmp_link, ckpt_dir / name)
+        except OSError:
+            atomic_save(state, ckpt_dir / name)
     files = checkpoint_files(ckpt_dir)
     newer = [p for p in files if int(STEP_FILE.match(p.name).group(1)) > step]
     current = [p for p in files if p not in newer]
@@ -198,15 +228,23 @@ def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3)
 
 
 def load_latest(ckpt_dir: str | Path) -> tuple[dict, Path] | None:
-    """Newest loadable checkpoint; corrupt ones are reported and skipped, older ones tried."""
+    """Newest loadable checkpoint with sane weights; corrupt ones and exploded ones (a
+    divergence) are reported and skipped, older ones tried, ``stable.pth`` last."""
     ckpt_dir = Path(ckpt_dir)
     candidates = [ckpt_dir / LAST] if (ckpt_dir / LAST).is_file() else []
     candidates += checkpoint_files(ckpt_dir)
+    candidates += [ckpt_dir / STABLE] if (ckpt_dir / STABLE).is_file() else []
     for path in candidates:
         try:
-            return load_file(path), path
+            ckpt = load_file(path)
         except UserError as err:
             log.warning("%s; trying an older checkpoint", err)
+            continue
+        if is_sane(ckpt.get("health")):
+            return ckpt, path
+        log.warning("checkpoint %s holds exploded weights (max |w| %.3g, written after a "
+                    "divergence); trying an older checkpoint", path,
+                    ckpt["health"].get("max_abs_weight"))  # fmt: skip
     return None
 
 

@@ -22,10 +22,14 @@ from torch import nn
 
 from common import dist
 from common.checkpoint import (
+    STABLE,
     check_compatible,
     first_non_finite,
+    is_sane,
     load_state_strict,
+    max_abs_weight,
     save_checkpoint,
+    weight_limit,
 )
 from common.data.device_aug import aug_generator
 from common.data.loaders import stop_workers
@@ -160,6 +164,10 @@ class Trainer:
         self.step_csv = MetricsCSV(self.run_dir / "metrics_step.csv") if dist.is_main() else None
         self.epoch_csv = MetricsCSV(self.run_dir / "metrics_epoch.csv") if dist.is_main() else None
         self.preempt = PreemptionFlag()
+        # Health record of each checkpoint (issue 17): max |w| against that of the start weights
+        self.health_ref = max_abs_weight(method.trainable.parameters())
+        self.stable_step: int | None = None  # step of checkpoints/stable.pth, if sane weights
+        self.last_loss = None
         log.info(
             "steps/epoch %d, total %d, global batch %d unlabeled + %d labeled, peak lr %.4g",
             self.spe, self.total_steps, global_batch, train_cfg.batch_size_labeled * self.world,
@@ -203,6 +211,9 @@ class Trainer:
             raise UserError(f"checkpoint {path}: optimizer state does not fit: {err}") from None
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         self.start_step = int(ckpt["step"])
+        health = ckpt.get("health") or {}
+        self.health_ref = float(health.get("ref_max_abs", self.health_ref))
+        self.stable_step = self.start_step  # only sane checkpoints are resumed from
         for csv in (self.step_csv, self.epoch_csv):
             if csv is not None:
                 csv.truncate_after(self.start_step - 1)
@@ -221,9 +232,21 @@ class Trainer:
         if flag.item() > 0:
             raise NonFiniteLossError(
                 f"non-finite weights ({bad or 'on another rank'}) after step {next_step - 1}: "
-                f"training stopped, the last good checkpoint in {self.run_dir / 'checkpoints'} "
-                "is kept (lower the learning rate or use fp32)"
+                f"training stopped; {self._stable_advice()}"
             )
+        health = {
+            "max_abs_weight": max_abs_weight(self.method.trainable.parameters()),
+            "ref_max_abs": self.health_ref,
+            "loss": None if self.last_loss is None else float(self.last_loss),
+        }
+        if is_sane(health):
+            self.stable_step = next_step
+        else:  # same on every rank: the weights are identical
+            log.warning(
+                "weights are exploding after step %d (max |w| %.3g > %.3g): %s stays at step %s",
+                next_step - 1, health["max_abs_weight"], weight_limit(self.health_ref), STABLE,
+                self.stable_step,
+            )  # fmt: skip
         if dist.is_main():
             state = {
                 "model": self.method.state_dict(),
@@ -233,12 +256,23 @@ class Trainer:
                 "epoch": next_step // self.spe,
                 "meta": self.checkpoint_meta(),
                 "config": self.config_dict,
+                "health": health,
             }
             path = save_checkpoint(
                 state, self.run_dir / "checkpoints", next_step, self.cfg.keep_checkpoints
             )
             log.info("saved %s", path)
         dist.barrier()
+
+    def _stable_advice(self) -> str:
+        """Where to go back to after a divergence, and how (the NaN messages end with it)."""
+        if self.stable_step is None:
+            return "no checkpoint with sane weights was written yet (lower optim.base_lr)"
+        return (
+            f"the last good checkpoint (sane weights) is {self.run_dir / 'checkpoints' / STABLE} "
+            f"(step {self.stable_step}); --resume goes back to it, add --override_on_resume "
+            "optim.base_lr=<lower> (or use fp32)"
+        )
 
     # ----------------------------------------------------------------------------- loop
     def _set_schedules(self, step: int) -> None:
@@ -257,8 +291,7 @@ class Trainer:
         if not bool(flags.all()):
             bad = names[int((~flags).nonzero()[0])]
             raise NonFiniteLossError(
-                f"non-finite {bad} at step {step}: training stopped, the last good checkpoint in "
-                f"{self.run_dir / 'checkpoints'} is kept (lower the learning rate or use fp32)"
+                f"non-finite {bad} at step {step}: training stopped; {self._stable_advice()}"
             )
 
     def _preemption_requested(self) -> bool:
@@ -362,6 +395,7 @@ class Trainer:
                 )  # fmt: skip
                 bad_images += batch.pop("num_bad_images", 0)
                 out = self.train_step(batch, ctx)
+                self.last_loss = out.loss.detach()  # read only when a checkpoint is written
                 step += 1
                 window_steps += 1
                 bar.update(step - epoch * self.spe, loss=out.loss)

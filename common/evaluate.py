@@ -27,7 +27,7 @@ import torch
 
 import common  # noqa: F401  (torchvision compatibility shim)
 from common import dist
-from common.checkpoint import class_differences
+from common.checkpoint import class_differences, max_abs_weight, weight_limit
 from common.data.loaders import EvalDataset
 from common.data.sources import build_source
 from common.data.splits import labels_per_class_split
@@ -212,6 +212,7 @@ def write_outputs(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
 
 def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
     model = load_eval_model(args.checkpoint, args.format, args.arch, args.which)
+    warn_if_exploded(model, args.checkpoint)
     model.module.to(device).eval()
     data = data_settings(args, model.run_config)
     train_source, train_loader = build_loader(data, "train", None, args, device)
@@ -257,6 +258,17 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
         )  # fmt: skip
         results["linear"] = linear_probe(train_f, train_y, val_f, val_y, len(classes), cfg)
     return results
+
+
+def warn_if_exploded(model, checkpoint) -> None:
+    """A checkpoint written during a divergence scores at chance: say why instead of silently."""
+    value = max_abs_weight(model.module.parameters())
+    limit = weight_limit((model.health or {}).get("ref_max_abs", 1.0))
+    if not value <= limit:  # NaN included
+        note = (f"exploded weights (max |w| {value:.3g} > {limit:.3g}, from a divergence): "
+                "scores will be near chance; evaluate checkpoints/stable.pth instead")  # fmt: skip
+        log.warning("checkpoint %s has %s", checkpoint, note)
+        model.notes.append(note)
 
 
 def check_classes(model, classes: list[str], where: Path, checkpoint) -> None:

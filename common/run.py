@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="run name (default: config file stem)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--init", default=None, help="initial weights (same as model.init=...)")
+    parser.add_argument(
+        "--override_on_resume", action="append", default=[], metavar="KEY=VALUE",
+        help="with --resume: change a saved config value (e.g. optim.base_lr after a blow-up)",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after options
     for item in args.overrides:
@@ -61,6 +65,13 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
             raise UserError(f"unknown option '{item}'")
     if args.init:
         args.overrides.append(f"model.init={args.init}")
+    if args.override_on_resume and not args.resume:
+        raise UserError("--override_on_resume changes a run being resumed: add --resume")
+    for item in args.override_on_resume:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise UserError(f"--override_on_resume expects KEY=VALUE, got {item!r}")
+    args.overrides.extend(args.override_on_resume)  # validated with the other overrides
+    args.changed_keys = {item.split("=", 1)[0].strip() for item in args.override_on_resume}
     return args
 
 
@@ -74,11 +85,14 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Path] | None:
+def prepare_run_dir(
+    run_dir: Path, config: dict, resume: bool, changed_keys: set[str] = frozenset()
+) -> tuple[dict, Path] | None:
     """Check the run directory against this invocation; returns the checkpoint to resume from.
 
     Refuses to start over an existing run (different config, or checkpoints without --resume),
-    so nothing a user trained is ever silently overwritten.
+    so nothing a user trained is ever silently overwritten. ``changed_keys`` (from
+    ``--override_on_resume``) may differ, each change logged on one line.
     """
     check_run_dir_path(run_dir)
     saved_file = run_dir / "config.yaml"
@@ -86,15 +100,23 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Pa
     if saved_file.is_file():
         saved = flatten(yaml.safe_load(saved_file.read_text()) or {})
         current = flatten(config)
+        unknown = sorted(k for k in changed_keys if k not in current)
+        if unknown:
+            raise UserError(f"--override_on_resume: unknown config key '{unknown[0]}'")
+        for k in sorted(changed_keys):
+            if saved.get(k) != current.get(k):
+                log.warning("resume with a changed config: %s %r -> %r (--override_on_resume)",
+                            k, saved.get(k), current.get(k))  # fmt: skip
         diff = sorted(
             k for k in set(saved) | set(current)
-            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
+            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES | changed_keys
         )  # fmt: skip
         if diff:
             k = diff[0]
+            hint = f" (or --resume --override_on_resume {k}=...)" if resume else ""
             raise UserError(
                 f"run directory {run_dir} already holds a different config ({k}: "
-                f"{saved.get(k)!r} there, {current.get(k)!r} now); choose a new --name"
+                f"{saved.get(k)!r} there, {current.get(k)!r} now); choose a new --name{hint}"
             )
         has_ckpt = any((run_dir / "checkpoints").glob("*.pth"))
         if has_ckpt and not resume:
@@ -103,7 +125,10 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Pa
                 "it or choose a new --name"
             )
     if resume and latest is None and any((run_dir / "checkpoints").glob("*.pth")):
-        raise UserError(f"no loadable checkpoint in {run_dir / 'checkpoints'} (all corrupt)")
+        raise UserError(
+            f"no loadable checkpoint in {run_dir / 'checkpoints'} (all corrupt, or with exploded "
+            "weights after a divergence): choose a new --name"
+        )
     if resume and latest is None:  # say so: a typo in --name must not look like a resume
         log.warning("--resume: nothing to resume in %s (no checkpoint): starting a new run",
                     run_dir)  # fmt: skip
@@ -145,7 +170,7 @@ def train_main(
         run_dir = Path(args.output_dir) / name
         setup_logging(None, dist.rank())  # console first: skipped corrupt checkpoints are warned
         lock = lock_run_dir(run_dir, device)
-        resume_from = prepare_run_dir(run_dir, config_dict, args.resume)
+        resume_from = prepare_run_dir(run_dir, config_dict, args.resume, args.changed_keys)
         seed_everything(cfg.train.seed)
         data = build_train_data(
             cfg.data, cfg.train.batch_size_unlabeled, cfg.train.batch_size_labeled,

@@ -202,3 +202,46 @@ def test_resume_refuses_a_checkpoint_of_other_classes():
     check_compatible({"meta": {"method": "suave"}}, {"classes": ["a"]}, "old.pth")  # no names
     with pytest.raises(UserError, match=r"other classes than this run: .*#1 'dog' vs 'fox'"):
         check_compatible(ckpt, {"method": "suave", "classes": ["cat", "fox", "dog"]}, "c.pth")
+
+
+# case 6: after a blow-up the checkpoint from before it is kept, named, and resumed from with a
+# lower learning rate; evaluate.py warns about an exploded one
+def test_blow_up_keeps_a_sane_checkpoint_and_resumes_with_a_lower_lr(tmp_path, tiny_data, capsys):
+    import main_suave
+    from common.checkpoint import is_sane, load_file
+    from tests.helpers import assert_cli_error
+
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    args = [*SUAVE, f"data.root={tiny_data}", "--output_dir", str(tmp_path), "--name", "run",
+            "train.checkpoint_every_steps=1", "suave.use_momentum=false",
+            "optim.warmup_epochs=0"]  # fmt: skip
+    main_suave.main([*args, "train.max_steps=3"])
+    # a changed learning rate is refused on resume unless named explicitly
+    assert_cli_error(capsys, main_suave.main, [*args, "optim.base_lr=0.1", "--resume"],
+                     r"different config \(optim.base_lr.*--override_on_resume")  # fmt: skip
+    assert_cli_error(capsys, main_suave.main, [*args, "--override_on_resume", "optim.base_lr=1"],
+                     "add --resume")  # fmt: skip
+    # lr 1e30 from step 3: the weights after step 3 are finite but exploded, step 4 is NaN
+    line = assert_cli_error(
+        capsys, main_suave.main,
+        [*args, "--resume", "--override_on_resume", "optim.base_lr=1e30"], r"non-finite",
+    )  # fmt: skip
+    assert f"last good checkpoint (sane weights) is {ckpts / 'stable.pth'} (step 3)" in line, line
+    exploded = load_file(ckpts / "checkpoint_00000004.pth")
+    assert not is_sane(exploded["health"]) and exploded["health"]["max_abs_weight"] > 1e10
+    stable = load_file(ckpts / "stable.pth")
+    assert stable["step"] == 3 and is_sane(stable["health"])
+    assert stable["health"]["loss"] is not None
+    # evaluate.py names the problem instead of scoring chance silently
+    result = _evaluate(str(ckpts / "checkpoint_00000004.pth"), "--evaluators", "prototype")
+    assert any("exploded weights" in note for note in result["notes"])
+    assert "exploded weights" in capsys.readouterr().out
+    # --resume goes back to step 3 by itself; the lower lr is logged and saved
+    summary = main_suave.main([*args, "train.max_steps=5", "--resume",
+                               "--override_on_resume", "optim.base_lr=0.1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert summary["step"] == 5
+    assert "optim.base_lr 1e+30 -> 0.1 (--override_on_resume)" in out, out[-3000:]
+    assert f"resumed from {ckpts / 'checkpoint_00000003.pth'} at step 3" in out
+    assert "base_lr: 0.1" in (run / "config.yaml").read_text()
+    assert is_sane(load_file(ckpts / "last.pth")["health"])
