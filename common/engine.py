@@ -374,6 +374,10 @@ class Trainer:
         last_step = self.total_steps if not cfg.max_steps else min(cfg.max_steps, self.total_steps)
         step = self.start_step
         summary: dict = {}
+        if step == 0:  # a fresh start over a failed run's files: its rows must not stay
+            for csv in (self.step_csv, self.epoch_csv):
+                if csv is not None:
+                    csv.truncate_after(-1)
         self.method.train()
         images_per_step = cfg.batch_size_unlabeled + cfg.batch_size_labeled
         bad_images = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -189,15 +190,34 @@ def result_rows(results: dict) -> list[dict]:
             settings = f"wd={res['weight_decay']:g}"
         else:
             settings = f"K={results.get('num_prototypes')}"
+        data = results.get("data") or {}
+        val = Path(str(data.get("val_root", ""))) / str(data.get("val_split", ""))
         rows.append({"checkpoint": results["checkpoint"], "evaluator": name,
                      "top1": res["top1"], "top5": res["top5"], "settings": settings,
-                     "num_val": res["num_images"]})  # fmt: skip
+                     "num_val": res["num_images"], "val_data": str(val)})  # fmt: skip
     return rows
+
+
+def output_stem(results: dict, out_dir: Path, stem: str) -> str:
+    """``stem``, unless ``eval_<stem>.json`` there holds results on other data: then the stem
+    names the data too, so evaluating one checkpoint on two data sets keeps both results."""
+    previous = out_dir / f"eval_{stem}.json"
+    try:
+        old_data = json.loads(previous.read_text()).get("data") if previous.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        old_data = None  # unreadable: not ours to keep
+    data = results["data"]
+    if old_data is None or old_data == data:
+        return stem
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:6]
+    where = re.sub(r"[^\w.-]", "_", f"{Path(str(data['val_root'])).name}-{data['val_split']}")
+    return f"{stem}_{where}-{digest}"
 
 
 def write_outputs(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        stem = output_stem(results, out_dir, stem)
         json_path, csv_path = out_dir / f"eval_{stem}.json", out_dir / f"eval_{stem}.csv"
         json_path.write_text(json.dumps(results, indent=2))
         rows = result_rows(results)
@@ -240,7 +260,7 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
     val_f, val_y = extract_features(model.features, val_loader, device, amp)
     if args.train_labels_per_class:
         keep = labels_per_class_split(train_y.cpu().numpy(), args.train_labels_per_class,
-                                      args.split_seed)  # fmt: skip
+                                      args.split_seed, classes)  # fmt: skip
         keep = torch.as_tensor(keep, device=train_f.device)
         train_f, train_y = train_f[keep], train_y[keep]
     results.update(feature_dim=int(train_f.shape[1]), num_train=int(train_f.shape[0]))

@@ -245,3 +245,78 @@ def test_blow_up_keeps_a_sane_checkpoint_and_resumes_with_a_lower_lr(tmp_path, t
     assert f"resumed from {ckpts / 'checkpoint_00000003.pth'} at step 3" in out
     assert "base_lr: 0.1" in (run / "config.yaml").read_text()
     assert is_sane(load_file(ckpts / "last.pth")["health"])
+
+
+# case 10: the smaller items
+def test_evaluate_on_other_data_keeps_both_results(tmp_path, tiny_data, trained):
+    import json
+
+    other = _copy_tree(tiny_data, tmp_path / "other")
+    next(iter(sorted((other / "val").glob("*/*")))).unlink()  # other data: one image fewer
+    ckpt = str(trained / "checkpoints" / "last.pth")
+    first = _evaluate(ckpt, "--evaluators", "prototype")  # the run's own data
+    _evaluate(ckpt, "--evaluators", "prototype")  # same data again: same file, rewritten
+    dirs = ["--train_dir", str(other / "train"), "--val_dir", str(other / "val")]
+    second = _evaluate(ckpt, *dirs, "--evaluators", "prototype")
+    outputs = sorted(p.name for p in trained.glob("eval_*.json"))
+    assert len(outputs) == 2 and "eval_last.json" in outputs, outputs
+    kept = json.loads((trained / "eval_last.json").read_text())
+    assert kept["data"] == first["data"] and kept["prototype"]["num_images"] == 36
+    named = next(p for p in trained.glob("eval_last_other-val-*.json"))
+    assert json.loads(named.read_text())["prototype"]["num_images"] == 35 == second[
+        "prototype"]["num_images"]  # fmt: skip
+    assert str(other / "val") in named.with_suffix(".csv").read_text()  # rows name their data
+
+
+def test_fresh_start_over_a_failed_runs_files_does_not_repeat_steps(tmp_path, tiny_data):
+    import csv
+
+    import main_suave
+
+    args = [*SUAVE, f"data.root={tiny_data}", "--output_dir", str(tmp_path), "--name", "run",
+            "train.checkpoint_every_steps=0"]  # fmt: skip
+    proc = start_entry("main_suave.py", args, SUAVEDAINO_TEST_KILL_AT_STEP="2")
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL  # steps 0 and 1 logged, no checkpoint yet
+    main_suave.main([*args, "train.max_steps=3"])  # allowed: same config, no checkpoint
+    with (tmp_path / "run" / "metrics_step.csv").open(newline="") as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == [0, 1, 2]
+
+
+def test_labels_per_class_error_names_the_class():
+    import numpy as np
+
+    from common.data.splits import labels_per_class_split
+    from common.errors import UserError
+
+    targets = np.array([0, 0, 0, 1, 2, 2, 2])
+    with pytest.raises(UserError, match=r"larger than class 'dog' \(1 images\)"):
+        labels_per_class_split(targets, 2, 0, ["cat", "dog", "fox"])
+
+
+def test_labeled_batch_larger_than_the_labeled_set_warns(tiny_data, caplog):
+    import logging
+
+    import torch
+
+    from common.data.loaders import DataConfig, build_train_data
+
+    cfg = DataConfig(root=str(tiny_data), labels_per_class=1, num_workers=0)
+    with caplog.at_level(logging.WARNING):
+        build_train_data(cfg, 8, 4, 0, 0, 1, torch.device("cpu"))
+    assert "batch_size_labeled (4 x 1 processes) is larger than the labeled set (3" in caplog.text
+
+
+def test_launcher_dry_run_validates_config_keys(tmp_path, capsys):
+    from common.launcher import cli
+
+    recipe = tmp_path / "r.sh"
+    recipe.write_text("--config suave/configs/cpu_demo.yaml\n")
+    argv = ["--mode", "local", "--method", "suave", "--script_file", str(recipe), "--dry_run",
+            "--output_dir", str(tmp_path / "runs")]  # fmt: skip
+    assert cli([*argv, "optim.base_lr=0.1"]) == 0
+    capsys.readouterr()
+    assert cli([*argv, "optim.base_lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unknown config key 'optim.base_lrr'" in err, err

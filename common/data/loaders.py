@@ -369,7 +369,9 @@ def select_labeled(cfg: DataConfig, source) -> np.ndarray:
     if cfg.labels_per_class == 0:  # explicit self-supervised pre-training (plain SwAV / DINO)
         return np.zeros(0, dtype=np.int64)
     if cfg.labels_per_class is not None:
-        return labels_per_class_split(source.targets, cfg.labels_per_class, cfg.split_seed)
+        return labels_per_class_split(
+            source.targets, cfg.labels_per_class, cfg.split_seed, source.classes
+        )
     return np.zeros(0, dtype=np.int64)
 
 
@@ -400,6 +402,11 @@ def build_train_data(
             "train.batch_size_labeled > 0 but no labels selected: set data.labels_per_class or "
             "data.label_list (or batch_size_labeled=0 for self-supervised pre-training)"
         )
+    if 0 < len(labeled) < batch_labeled * world_size:  # legal, but rarely what was meant
+        log.warning(
+            "train.batch_size_labeled (%d x %d processes) is larger than the labeled set (%d "
+            "images): every labeled batch repeats images", batch_labeled, world_size, len(labeled),
+        )  # fmt: skip
     mean, std = cfg.mean_std
     multicrop, labeled_view = MultiCrop(cfg.view_specs(), mean, std), None
     labeled_view = ViewTransform(cfg.labeled_spec(), mean, std)
