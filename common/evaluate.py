@@ -9,7 +9,8 @@ Accepts our Suave / Daino run checkpoints and the official SwAV / DINO releases.
 training split (centre crops, no augmentation) fit the k-NN and the linear probe; accuracy is
 measured on the validation split. The prototype classifier applies to our checkpoints trained
 with labels. Prints a table and writes ``eval_<name>.json`` and ``.csv`` into --output_dir
-(default: the run directory, or the checkpoint's folder). Runs under torchrun too: each process
+(default: the run directory, or the checkpoint's folder; ``eval_<name>_<data>-<hash>`` when
+``eval_<name>.json`` there holds results on other data). Runs under torchrun too: each process
 embeds a shard and the features are gathered. Bad input is one ``error: ...`` line, exit code 2.
 """
 
