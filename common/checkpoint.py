@@ -198,8 +198,8 @@ def checkpoint_files(ckpt_dir: Path) -> list[Path]:
 def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3) -> Path:
     """Write ``checkpoint_<step>.pth`` and ``last.pth``, then prune to the newest ``keep``.
 
-    ``stable.pth`` also points at it when its ``health`` is sane, so a checkpoint from before a
-    divergence survives however many exploded ones follow and get pruned.
+    ``stable.pth`` also points at it when it has a sane ``health`` record, so a checkpoint from
+    before a divergence survives however many exploded ones follow and get pruned.
 
     Also removes what an earlier kill left behind: partial temp files, and step files newer than
     ``step`` (after a resume from an older checkpoint, those belong to the abandoned attempt and
@@ -210,7 +210,7 @@ def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3)
         remove_stale_temp_files(ckpt_dir)
     path = ckpt_dir / f"checkpoint_{step:08d}.pth"
     atomic_save(state, path)
-    links = [LAST, STABLE] if is_sane(state.get("health")) else [LAST]
+    links = [LAST, STABLE] if state.get("health") and is_sane(state["health"]) else [LAST]
     for name in links:
         tmp_link = ckpt_dir / f".{name}.{os.getpid()}.link"
         tmp_link.unlink(missing_ok=True)
