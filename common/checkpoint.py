@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 STEP_FILE = re.compile(r"^checkpoint_(\d{8})\.pth$")
 LAST = "last.pth"
+STABLE = "stable.pth"  # the newest checkpoint whose weights were sane (see ``is_sane``)
+# Weights are "exploded" once their max |w| exceeds this many times max(1, max |w| at the start
+# of the run): a blow-up reaches 1e20 and more, a healthy network stays within a few times its
+# initial scale (normalisation weights start at 1).
+HEALTH_GROWTH = 1e3
+# Temp files name their writer's pid: ``.<target>.<pid>.<random>.tmp`` / ``.last.pth.<pid>.link``
+TEMP_FILE = re.compile(r"^\..+?(?:\.(\d+)\.\w+\.tmp|\.(\d+)\.link|\.tmp|\.link)$")
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -31,8 +38,11 @@ def atomic_save(obj, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # like any other run file (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -42,6 +52,42 @@ def atomic_save(obj, path: str | Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    try:  # read, not set-and-restore: that would briefly change it for every thread
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers (an earlier failed write) are debris too
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temp_files(ckpt_dir: Path) -> None:
+    """Partial files of writers that are gone (a kill mid-write); a live process's in-flight
+    temp file is left alone, whoever it belongs to."""
+    for stale in ckpt_dir.glob(".*"):
+        found = TEMP_FILE.match(stale.name)
+        if found is None:
+            continue
+        pid = found.group(1) or found.group(2)
+        if pid is None or not _pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -121,6 +167,26 @@ def first_non_finite(state: dict) -> str | None:
     return floats[int((~ok).nonzero()[0])][0]
 
 
+def max_abs_weight(tensors) -> float:
+    """max |w| over floating tensors (NaN/inf propagate); 0.0 for none."""
+    tensors = [t for t in tensors if t.is_floating_point() and t.numel()]
+    values = [t.detach().abs().max().float() for t in tensors]
+    return float(torch.stack(values).max()) if values else 0.0
+
+
+def weight_limit(reference: float) -> float:
+    return HEALTH_GROWTH * max(float(reference), 1.0)
+
+
+def is_sane(health: dict | None) -> bool:
+    """A checkpoint's health record says its weights are finite and not exploded (checkpoints
+    written before health records existed count as sane)."""
+    if not health:
+        return True
+    value = health.get("max_abs_weight", 0.0)
+    return bool(value == value and value <= weight_limit(health.get("ref_max_abs", 1.0)))
+
+
 def checkpoint_files(ckpt_dir: Path) -> list[Path]:
     """Step checkpoints, newest first."""
     if not ckpt_dir.is_dir():
@@ -132,24 +198,27 @@ def checkpoint_files(ckpt_dir: Path) -> list[Path]:
 def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3) -> Path:
     """Write ``checkpoint_<step>.pth`` and ``last.pth``, then prune to the newest ``keep``.
 
+    ``stable.pth`` also points at it when it has a sane ``health`` record, so a checkpoint from
+    before a divergence survives however many exploded ones follow and get pruned.
+
     Also removes what an earlier kill left behind: partial temp files, and step files newer than
     ``step`` (after a resume from an older checkpoint, those belong to the abandoned attempt and
     would otherwise count as the newest and crowd out the fresh ones).
     """
     ckpt_dir = Path(ckpt_dir)
     if ckpt_dir.is_dir():
-        for stale in ckpt_dir.glob(".*"):
-            if stale.name.endswith((".tmp", ".link")):
-                stale.unlink(missing_ok=True)
+        remove_stale_temp_files(ckpt_dir)
     path = ckpt_dir / f"checkpoint_{step:08d}.pth"
     atomic_save(state, path)
-    tmp_link = ckpt_dir / f".{LAST}.link"
-    tmp_link.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp_link)  # same bytes, no second write
-        os.replace(tmp_link, ckpt_dir / LAST)
-    except OSError:
-        atomic_save(state, ckpt_dir / LAST)
+    links = [LAST, STABLE] if state.get("health") and is_sane(state["health"]) else [LAST]
+    for name in links:
+        tmp_link = ckpt_dir / f".{name}.{os.getpid()}.link"
+        tmp_link.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp_link)  # same bytes, no second write
+            os.replace(tmp_link, ckpt_dir / name)
+        except OSError:
+            atomic_save(state, ckpt_dir / name)
     files = checkpoint_files(ckpt_dir)
     newer = [p for p in files if int(STEP_FILE.match(p.name).group(1)) > step]
     current = [p for p in files if p not in newer]
@@ -159,20 +228,29 @@ def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 3)
 
 
 def load_latest(ckpt_dir: str | Path) -> tuple[dict, Path] | None:
-    """Newest loadable checkpoint; corrupt ones are reported and skipped, older ones tried."""
+    """Newest loadable checkpoint with sane weights; corrupt ones and exploded ones (a
+    divergence) are reported and skipped, older ones tried, ``stable.pth`` last."""
     ckpt_dir = Path(ckpt_dir)
     candidates = [ckpt_dir / LAST] if (ckpt_dir / LAST).is_file() else []
     candidates += checkpoint_files(ckpt_dir)
+    candidates += [ckpt_dir / STABLE] if (ckpt_dir / STABLE).is_file() else []
     for path in candidates:
         try:
-            return load_file(path), path
+            ckpt = load_file(path)
         except UserError as err:
             log.warning("%s; trying an older checkpoint", err)
+            continue
+        if is_sane(ckpt.get("health")):
+            return ckpt, path
+        log.warning("checkpoint %s holds exploded weights (max |w| %.3g, written after a "
+                    "divergence); trying an older checkpoint", path,
+                    ckpt["health"].get("max_abs_weight"))  # fmt: skip
     return None
 
 
 def check_compatible(ckpt: dict, expected: dict, path: str | Path) -> None:
-    """Refuse a checkpoint of another method / architecture / class count, in one line."""
+    """Refuse a checkpoint of another method / architecture / class count / class names (when
+    both sides know them), in one line."""
     meta = ckpt.get("meta", {})
     for key in ("method", "backbone", "num_classes"):
         if key in expected and meta.get(key) != expected[key]:
@@ -180,6 +258,28 @@ def check_compatible(ckpt: dict, expected: dict, path: str | Path) -> None:
                 f"checkpoint {path} was made with {key}={meta.get(key)!r}, "
                 f"but this run has {key}={expected[key]!r}"
             )
+    if meta.get("classes") is not None and expected.get("classes") is not None:
+        diff = class_differences(meta["classes"], expected["classes"])
+        if diff:
+            raise UserError(f"checkpoint {path} was trained on other classes than this run: {diff}")
+
+
+def class_differences(saved: list[str], current: list[str], limit: int = 3) -> str | None:
+    """The first few differences between two ordered class lists (index: saved vs current), or
+    None when they are equal; renamed or reordered folders would mislabel every prototype."""
+    saved, current = [str(c) for c in saved], [str(c) for c in current]
+    if saved == current:
+        return None
+    pairs = [
+        f"#{i} {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(saved, current)) if a != b
+    ]  # fmt: skip
+    parts = []
+    if len(saved) != len(current):
+        parts.append(f"{len(saved)} classes in the checkpoint, {len(current)} here")
+    if pairs:
+        more = f" (+{len(pairs) - limit} more)" if len(pairs) > limit else ""
+        parts.append("checkpoint vs here: " + ", ".join(pairs[:limit]) + more)
+    return "; ".join(parts)
 
 
 def load_state_strict(module: torch.nn.Module, state: dict, path: str | Path, what: str) -> None:

@@ -22,10 +22,14 @@ from torch import nn
 
 from common import dist
 from common.checkpoint import (
+    STABLE,
     check_compatible,
     first_non_finite,
+    is_sane,
     load_state_strict,
+    max_abs_weight,
     save_checkpoint,
+    weight_limit,
 )
 from common.data.device_aug import aug_generator
 from common.data.loaders import stop_workers
@@ -166,6 +170,10 @@ class Trainer:
         self.step_csv = MetricsCSV(self.run_dir / "metrics_step.csv") if dist.is_main() else None
         self.epoch_csv = MetricsCSV(self.run_dir / "metrics_epoch.csv") if dist.is_main() else None
         self.preempt = PreemptionFlag()
+        # Health record of each checkpoint (issue 17): max |w| against that of the start weights
+        self.health_ref = max_abs_weight(method.trainable.parameters())
+        self.stable_step: int | None = None  # step of checkpoints/stable.pth, if sane weights
+        self.last_loss = None
         log.info(
             "steps/epoch %d, total %d, global batch %d unlabeled + %d labeled, peak lr %.4g",
             self.spe, self.total_steps, global_batch, train_cfg.batch_size_labeled * self.world,
@@ -193,7 +201,11 @@ class Trainer:
             )
 
     def checkpoint_meta(self) -> dict:
-        return dict(self.method.meta())
+        meta = dict(self.method.meta())
+        classes = getattr(self.data, "classes", None)
+        if classes is not None:  # names and order: evaluate.py refuses data that differ
+            meta["classes"] = [str(c) for c in classes]
+        return meta
 
     def load_state(self, ckpt: dict, path: Path) -> None:
         """Restore model, optimiser, scaler and the step to continue from."""
@@ -205,6 +217,9 @@ class Trainer:
             raise UserError(f"checkpoint {path}: optimizer state does not fit: {err}") from None
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         self.start_step = int(ckpt["step"])
+        health = ckpt.get("health") or {}
+        self.health_ref = float(health.get("ref_max_abs", self.health_ref))
+        self.stable_step = self.start_step  # only sane checkpoints are resumed from
         for csv in (self.step_csv, self.epoch_csv):  # rows of steps the checkpoint has not seen
             if csv is not None:
                 csv.truncate_after(self.start_step)
@@ -223,9 +238,21 @@ class Trainer:
         if flag.item() > 0:
             raise NonFiniteLossError(
                 f"non-finite weights ({bad or 'on another rank'}) after step {next_step - 1}: "
-                f"training stopped, the last good checkpoint in {self.run_dir / 'checkpoints'} "
-                "is kept (lower the learning rate or use fp32)"
+                f"training stopped; {self._stable_advice()}"
             )
+        health = {
+            "max_abs_weight": max_abs_weight(self.method.trainable.parameters()),
+            "ref_max_abs": self.health_ref,
+            "loss": None if self.last_loss is None else float(self.last_loss),
+        }
+        if is_sane(health):
+            self.stable_step = next_step
+        else:  # same on every rank: the weights are identical
+            log.warning(
+                "weights are exploding after step %d (max |w| %.3g > %.3g): %s stays at step %s",
+                next_step - 1, health["max_abs_weight"], weight_limit(self.health_ref), STABLE,
+                self.stable_step,
+            )  # fmt: skip
         if dist.is_main():
             state = {
                 "model": self.method.state_dict(),
@@ -235,12 +262,23 @@ class Trainer:
                 "epoch": next_step // self.spe,
                 "meta": self.checkpoint_meta(),
                 "config": self.config_dict,
+                "health": health,
             }
             path = save_checkpoint(
                 state, self.run_dir / "checkpoints", next_step, self.cfg.keep_checkpoints
             )
             log.info("saved %s", path)
         dist.barrier()
+
+    def _stable_advice(self) -> str:
+        """Where to go back to after a divergence, and how (the NaN messages end with it)."""
+        if self.stable_step is None:
+            return "no checkpoint with sane weights was written yet (lower optim.base_lr)"
+        return (
+            f"the last good checkpoint (sane weights) is {self.run_dir / 'checkpoints' / STABLE} "
+            f"(step {self.stable_step}); --resume goes back to it, add --override_on_resume "
+            "optim.base_lr=<lower> (or use fp32)"
+        )
 
     # ----------------------------------------------------------------------------- loop
     def _set_schedules(self, step: int) -> None:
@@ -259,8 +297,7 @@ class Trainer:
         if not bool(flags.all()):
             bad = names[int((~flags).nonzero()[0])]
             raise NonFiniteLossError(
-                f"non-finite {bad} at step {step}: training stopped, the last good checkpoint in "
-                f"{self.run_dir / 'checkpoints'} is kept (lower the learning rate or use fp32)"
+                f"non-finite {bad} at step {step}: training stopped; {self._stable_advice()}"
             )
 
     def _preemption_requested(self) -> bool:
@@ -372,6 +409,10 @@ class Trainer:
         last_step = self.total_steps if not cfg.max_steps else min(cfg.max_steps, self.total_steps)
         step = self.start_step
         summary: dict = {}
+        if step == 0:  # a fresh start over a failed run's files: its rows must not stay
+            for csv in (self.step_csv, self.epoch_csv):
+                if csv is not None:
+                    csv.truncate_after(-1)
         self.method.train()
         images_per_step = cfg.batch_size_unlabeled + cfg.batch_size_labeled
         bad_images = 0
@@ -395,6 +436,7 @@ class Trainer:
                 log_now = (step + 1) % self.print_every == 0 or step + 1 == last_step
                 self.want_grad_norm = log_now
                 out = self.train_step(batch, ctx)
+                self.last_loss = out.loss.detach()  # read only when a checkpoint is written
                 step += 1
                 window_steps += 1
                 bar.update(step - epoch * self.spe, loss=out.loss)
@@ -425,11 +467,13 @@ class Trainer:
             evaluate_now = step == last_step or (
                 epoch_done and finished_epoch % max(cfg.eval_every_epochs, 1) == 0
             )
-            if evaluate_now:
-                row.update(self.evaluate(epoch, step))
+            # Save before evaluating: an error in evaluation (a corrupt val image) never loses
+            # the epoch's training. The checkpoint is the same either way (eval changes nothing).
             if epoch_done or step == last_step:
                 if step == last_step or finished_epoch % max(cfg.checkpoint_every_epochs, 1) == 0:
                     self.save(step)
+            if evaluate_now:
+                row.update(self.evaluate(epoch, step))
             if dist.is_main() and len(row) > 2:
                 self.epoch_csv.write(row)
                 if self.wandb:

@@ -10,7 +10,8 @@ training split (centre crops, no augmentation) fit the k-NN and the linear probe
 measured on the validation split. The prototype classifier applies to our checkpoints trained
 with labels, and so do their online linear heads (``head_<depth>``) when the run had them.
 Prints a table and writes ``eval_<name>.json`` and ``.csv`` into --output_dir (default: the run
-directory, or the checkpoint's folder); ``--log_to_run`` also adds them to the checkpoint's run
+directory, or the checkpoint's folder; ``eval_<name>_<data>-<hash>`` when ``eval_<name>.json``
+there holds results on other data); ``--log_to_run`` also adds them to the checkpoint's run
 (metrics_epoch.csv, summary.json, wandb). Runs under torchrun too: each process
 embeds a shard and the features are gathered. Bad input is one ``error: ...`` line, exit code 2.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -29,7 +31,7 @@ import torch
 
 import common  # noqa: F401  (torchvision compatibility shim)
 from common import dist
-from common.checkpoint import load_file
+from common.checkpoint import class_differences, load_file, max_abs_weight, weight_limit
 from common.data.loaders import EvalDataset
 from common.data.sources import build_source
 from common.data.splits import labels_per_class_split
@@ -67,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--train_dir", default=None, help="image folder for k-NN / linear (any path)")
     g.add_argument("--val_dir", default=None, help="image folder measuring accuracy (any path)")
     g.add_argument("--download", action="store_true", help="fetch torchvision CIFAR if missing")
+    g.add_argument("--bad_images", default=None, choices=("fail", "skip"),
+                   help="corrupt images: stop, or use the next (default: the run's)")  # fmt: skip
     g.add_argument("--normalization", default=None, choices=("imagenet", "cifar"))
     g.add_argument("--eval_size", type=int, default=None, help="centre-crop size")
     g.add_argument("--eval_resize", type=int, default=None, help="resize before crop (0: none)")
@@ -135,6 +139,7 @@ def data_settings(args: argparse.Namespace, run_config: dict | None) -> dict:
         given = getattr(args, "data_root" if key == "root" else key)
         out[key] = given if given is not None else saved.get(key, default)
     out["download"] = args.download or bool(saved.get("download", False))
+    out["bad_images"] = args.bad_images or saved.get("bad_images", "fail")
     for which in ("train", "val"):
         folder = getattr(args, f"{which}_dir")
         if folder is None:
@@ -160,7 +165,7 @@ def build_loader(data: dict, which: str, classes, args, device):
     mean, std = (CIFAR_MEAN, CIFAR_STD) if data["normalization"] == "cifar" else (
         IMAGENET_MEAN, IMAGENET_STD)  # fmt: skip
     transform = EvalTransform(data["eval_size"], data["eval_resize"] or None, mean, std)
-    dataset = EvalDataset(source, transform)
+    dataset = EvalDataset(source, transform, data["bad_images"])
     shard = torch.utils.data.Subset(dataset, list(range(dist.rank(), len(dataset),
                                                         dist.world_size())))  # fmt: skip
     kwargs = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda"}
@@ -200,15 +205,34 @@ def result_rows(results: dict) -> list[dict]:
             settings = f"K={results.get('num_prototypes')}"
         else:
             settings = "online linear head"
+        data = results.get("data") or {}
+        val = Path(str(data.get("val_root", ""))) / str(data.get("val_split", ""))
         rows.append({"checkpoint": results["checkpoint"], "evaluator": name,
                      "top1": res["top1"], "top5": res["top5"], "settings": settings,
-                     "num_val": res["num_images"]})  # fmt: skip
+                     "num_val": res["num_images"], "val_data": str(val)})  # fmt: skip
     return rows
+
+
+def output_stem(results: dict, out_dir: Path, stem: str) -> str:
+    """``stem``, unless ``eval_<stem>.json`` there holds results on other data: then the stem
+    names the data too, so evaluating one checkpoint on two data sets keeps both results."""
+    previous = out_dir / f"eval_{stem}.json"
+    try:
+        old_data = json.loads(previous.read_text()).get("data") if previous.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        old_data = None  # unreadable: not ours to keep
+    data = results["data"]
+    if old_data is None or old_data == data:
+        return stem
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:6]
+    where = re.sub(r"[^\w.-]", "_", f"{Path(str(data['val_root'])).name}-{data['val_split']}")
+    return f"{stem}_{where}-{digest}"
 
 
 def write_outputs(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        stem = output_stem(results, out_dir, stem)
         json_path, csv_path = out_dir / f"eval_{stem}.json", out_dir / f"eval_{stem}.csv"
         json_path.write_text(json.dumps(results, indent=2))
         rows = result_rows(results)
@@ -246,6 +270,7 @@ def run_values(results: dict) -> dict:
 
 def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
     model = load_eval_model(args.checkpoint, args.format, args.arch, args.which)
+    warn_if_exploded(model, args.checkpoint)
     model.module.to(device).eval()
     data = data_settings(args, model.run_config)
     train_source, train_loader = build_loader(data, "train", None, args, device)
@@ -259,6 +284,7 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
     log.info("evaluating %s (%s, %s) on %s", args.checkpoint, model.kind, model.arch, where)
 
     if "prototype" in args.evaluators:
+        check_classes(model, classes, where, args.checkpoint)
         if model.classify is None:
             results["prototype"] = "n/a: " + (model.notes[0] if model.notes else "no prototypes")
         elif model.num_prototypes != len(classes):
@@ -276,7 +302,7 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
     val_f, val_y = extract_features(model.features, val_loader, device, amp)
     if args.train_labels_per_class:
         keep = labels_per_class_split(train_y.cpu().numpy(), args.train_labels_per_class,
-                                      args.split_seed)  # fmt: skip
+                                      args.split_seed, classes)  # fmt: skip
         keep = torch.as_tensor(keep, device=train_f.device)
         train_f, train_y = train_f[keep], train_y[keep]
     results.update(feature_dim=int(train_f.shape[1]), num_train=int(train_f.shape[0]))
@@ -294,6 +320,35 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
         )  # fmt: skip
         results["linear"] = linear_probe(train_f, train_y, val_f, val_y, len(classes), cfg)
     return results
+
+
+def warn_if_exploded(model, checkpoint) -> None:
+    """A checkpoint written during a divergence scores at chance: say why instead of silently."""
+    value = max_abs_weight(model.module.parameters())
+    limit = weight_limit((model.health or {}).get("ref_max_abs", 1.0))
+    if not value <= limit:  # NaN included
+        note = (f"exploded weights (max |w| {value:.3g} > {limit:.3g}, from a divergence): "
+                "scores will be near chance; evaluate checkpoints/stable.pth instead")  # fmt: skip
+        log.warning("checkpoint %s has %s", checkpoint, note)
+        model.notes.append(note)
+
+
+def check_classes(model, classes: list[str], where: Path, checkpoint) -> None:
+    """The prototype classifier scores class k with prototype k: data whose class names or
+    order differ from training would be scored silently wrong."""
+    if model.classify is None:
+        return
+    if model.classes is None:
+        log.info("checkpoint %s records no class names (older run): class order not checked",
+                 checkpoint)  # fmt: skip
+        return
+    diff = class_differences(model.classes, classes)
+    if diff:
+        raise UserError(
+            f"{where} has other classes than checkpoint {checkpoint} was trained on: {diff} "
+            "(the prototype classifier needs the training classes; --evaluators knn,linear "
+            "works on any data)"
+        )
 
 
 @run_cli

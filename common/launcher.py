@@ -283,6 +283,22 @@ def check_args(args: argparse.Namespace) -> None:
         raise LauncherError(f"data directory not found: {args.data_dir}")
 
 
+def validate_config(method: str, config: str, overrides: list[str]) -> None:
+    """Load the recipe with every override as the run will: a mistyped key fails here, in one
+    line, before anything is started or submitted (``--dry_run`` included)."""
+    from common.config import load_config
+    from common.errors import UserError
+
+    if method == "suave":
+        from suave.method import SuaveRunConfig as config_cls
+    else:
+        from daino.method import DainoRunConfig as config_cls
+    try:
+        load_config(config_cls, config, overrides)
+    except UserError as err:
+        raise LauncherError(f"{config}: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
@@ -298,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir).resolve()
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     tasks = args.num_gpus or args.num_procs or 1
+    method_overrides = [*recipe.overrides, *args.overrides]
+    if data_dir is not None:
+        method_overrides.append(f"data.root={data_dir}")
+    validate_config(args.method, recipe.config, method_overrides)
     if args.mode == "local":
         argv = build_method_argv(
             args.method, recipe, output_dir, name, data_dir, args.num_gpus, args.overrides

@@ -25,6 +25,7 @@ from common.data import build_train_data, build_val_loader
 from common.engine import Trainer
 from common.errors import UserError
 from common.logging_utils import WandbLogger, setup_logging
+from common.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="run name (default: config file stem)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--init", default=None, help="initial weights (same as model.init=...)")
+    parser.add_argument(
+        "--override_on_resume", action="append", default=[], metavar="KEY=VALUE",
+        help="with --resume: change a saved config value (e.g. optim.base_lr after a blow-up)",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after options
     for item in args.overrides:
@@ -60,6 +65,13 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
             raise UserError(f"unknown option '{item}'")
     if args.init:
         args.overrides.append(f"model.init={args.init}")
+    if args.override_on_resume and not args.resume:
+        raise UserError("--override_on_resume changes a run being resumed: add --resume")
+    for item in args.override_on_resume:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise UserError(f"--override_on_resume expects KEY=VALUE, got {item!r}")
+    args.overrides.extend(args.override_on_resume)  # validated with the other overrides
+    args.changed_keys = {item.split("=", 1)[0].strip() for item in args.override_on_resume}
     return args
 
 
@@ -73,31 +85,38 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Path] | None:
+def prepare_run_dir(
+    run_dir: Path, config: dict, resume: bool, changed_keys: set[str] = frozenset()
+) -> tuple[dict, Path] | None:
     """Check the run directory against this invocation; returns the checkpoint to resume from.
 
     Refuses to start over an existing run (different config, or checkpoints without --resume),
-    so nothing a user trained is ever silently overwritten.
+    so nothing a user trained is ever silently overwritten. ``changed_keys`` (from
+    ``--override_on_resume``) may differ, each change logged on one line.
     """
-    for parent in (run_dir, *run_dir.parents):  # fail now, not after data and model are built
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"cannot create run directory {run_dir}: {parent} is a file")
-            break
+    check_run_dir_path(run_dir)
     saved_file = run_dir / "config.yaml"
     latest = load_latest(run_dir / "checkpoints") if resume else None
     if saved_file.is_file():
         saved = flatten(yaml.safe_load(saved_file.read_text()) or {})
         current = flatten(config)
+        unknown = sorted(k for k in changed_keys if k not in current)
+        if unknown:
+            raise UserError(f"--override_on_resume: unknown config key '{unknown[0]}'")
+        for k in sorted(changed_keys):
+            if saved.get(k) != current.get(k):
+                log.warning("resume with a changed config: %s %r -> %r (--override_on_resume)",
+                            k, saved.get(k), current.get(k))  # fmt: skip
         diff = sorted(
             k for k in set(saved) | set(current)
-            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
+            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES | changed_keys
         )  # fmt: skip
         if diff:
             k = diff[0]
+            hint = f" (or --resume --override_on_resume {k}=...)" if resume else ""
             raise UserError(
                 f"run directory {run_dir} already holds a different config ({k}: "
-                f"{saved.get(k)!r} there, {current.get(k)!r} now); choose a new --name"
+                f"{saved.get(k)!r} there, {current.get(k)!r} now); choose a new --name{hint}"
             )
         has_ckpt = any((run_dir / "checkpoints").glob("*.pth"))
         if has_ckpt and not resume:
@@ -106,11 +125,22 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> tuple[dict, Pa
                 "it or choose a new --name"
             )
     if resume and latest is None and any((run_dir / "checkpoints").glob("*.pth")):
-        raise UserError(f"no loadable checkpoint in {run_dir / 'checkpoints'} (all corrupt)")
+        raise UserError(
+            f"no loadable checkpoint in {run_dir / 'checkpoints'} (all corrupt, or with exploded "
+            "weights after a divergence): choose a new --name"
+        )
     if resume and latest is None:  # say so: a typo in --name must not look like a resume
         log.warning("--resume: nothing to resume in %s (no checkpoint): starting a new run",
                     run_dir)  # fmt: skip
     return latest
+
+
+def check_run_dir_path(run_dir: Path) -> None:
+    for parent in (run_dir, *run_dir.parents):  # fail now, not after data and model are built
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create run directory {run_dir}: {parent} is a file")
+            break
 
 
 def seed_everything(seed: int) -> None:
@@ -132,14 +162,15 @@ def train_main(
         cfg.train.batch_size_labeled = 0  # zero labels: plain SwAV / DINO pre-training
     config_dict = to_dict(cfg)
     info, device = dist.init(cfg.train.device, cfg.train.dist_timeout_s)
-    group_broken = False
+    group_broken, lock, started = False, None, False
     try:
         name = args.name or Path(args.config).stem
         if name in ("", ".", ".."):  # the run would be the output directory (or its parent)
             raise UserError(f"--name {name!r} is not a run name")
         run_dir = Path(args.output_dir) / name
         setup_logging(None, dist.rank())  # console first: skipped corrupt checkpoints are warned
-        resume_from = prepare_run_dir(run_dir, config_dict, args.resume)
+        lock = lock_run_dir(run_dir, device)
+        resume_from = prepare_run_dir(run_dir, config_dict, args.resume, args.changed_keys)
         seed_everything(cfg.train.seed)
         data = build_train_data(
             cfg.data, cfg.train.batch_size_unlabeled, cfg.train.batch_size_labeled,
@@ -151,7 +182,8 @@ def train_main(
         )  # fmt: skip
         method = build_method(cfg, data.num_classes, dist.world_size())
         if resume_from is not None:  # a foreign checkpoint is refused before anything is written
-            check_compatible(resume_from[0], method.meta(), resume_from[1])
+            expected = {**method.meta(), "classes": data.classes}
+            check_compatible(resume_from[0], expected, resume_from[1])
         # Only now that data and model are known to be valid does the run directory change.
         dist.barrier()
         if dist.is_main():
@@ -160,6 +192,7 @@ def train_main(
                 save_config(cfg, run_dir / "config.yaml")
             except OSError as err:  # read-only or full disk: say so, in one line
                 raise UserError(f"cannot write run directory {run_dir}: {err}") from None
+        started = True
         dist.barrier()
         setup_logging(run_dir, dist.rank())
         log.info("run %s: %d process(es) [%s], device %s", run_dir, info.world_size, info.source,
@@ -185,5 +218,26 @@ def train_main(
             raise dist.lost_contact_error(err, cfg.train.dist_timeout_s) from None
         raise
     finally:
+        if lock is not None:
+            lock.release(failed=not started)
         if not group_broken:
             dist.shutdown()
+
+
+def lock_run_dir(run_dir: Path, device: torch.device) -> RunLock | None:
+    """Rank 0 locks the run directory for the run's lifetime; every rank learns if it failed."""
+    lock, error = None, None
+    check_run_dir_path(run_dir)
+    if dist.is_main():
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire()
+        except UserError as err:
+            error = err
+    if dist.world_size() > 1:
+        flag = torch.tensor([0.0 if error is None else 1.0], device=device)
+        if dist.all_reduce_(flag, "max").item() > 0 and error is None:
+            error = UserError(f"run directory {run_dir} could not be locked (see rank 0)")
+    if error is not None:
+        raise error
+    return lock

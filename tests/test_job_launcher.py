@@ -267,11 +267,12 @@ def test_local_mode_returns_child_exit_code(tmp_path, recipe, monkeypatch):
     fake_root = tmp_path / "repo"
     write(fake_root / "main_suave.py",
           "import os, sys\nprint('ARGS', sys.argv[1:], 'RANK', os.environ.get('RANK'))\n"
-          "sys.exit(5 if 'fail=1' in sys.argv else 0)\n")  # fmt: skip
+          "sys.exit(5 if 'train.seed=5' in sys.argv else 0)\n")  # fmt: skip
     monkeypatch.setattr(jl, "ROOT", fake_root)
     args = ["--mode", "local", "--method", "suave", "--script_file", str(recipe)]
     assert jl.cli([*args, "--output_dir", str(tmp_path / "runs")]) == 0
-    assert jl.cli([*args, "--output_dir", str(tmp_path / "runs"), "fail=1"]) == 5
+    # a real config key (the launcher now checks keys before it runs anything)
+    assert jl.cli([*args, "--output_dir", str(tmp_path / "runs"), "train.seed=5"]) == 5
 
 
 def test_sbatch_script_is_valid_bash(tmp_path):

@@ -317,6 +317,9 @@ def collate_semisupervised(items) -> dict:
 
 
 class EvalDataset(Dataset):
+    """Centre crops and labels. With bad_images=skip a corrupt file is replaced by the next
+    loadable image *with that image's label* (feature extraction needs one row per index)."""
+
     def __init__(self, source, transform, bad_images="fail"):
         self.source, self.transform, self.bad_images = source, transform, bad_images
 
@@ -324,7 +327,18 @@ class EvalDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index):
-        return self.transform(self.source.load(index)), int(self.source.targets[index])
+        n = len(self.source)
+        for current in ((index + k) % n for k in range(n)):
+            try:
+                img = self.source.load(current)
+            except UserError:
+                if self.bad_images != "skip":
+                    raise
+                where = getattr(self.source, "paths", self.source.names)[current]
+                log.warning("skipping corrupt image %s", where)
+                continue
+            return self.transform(img), int(self.source.targets[current])
+        raise UserError("every image of the evaluation set failed to load")
 
 
 @dataclass
@@ -365,7 +379,9 @@ def select_labeled(cfg: DataConfig, source) -> np.ndarray:
     if cfg.labels_per_class == 0:  # explicit self-supervised pre-training (plain SwAV / DINO)
         return np.zeros(0, dtype=np.int64)
     if cfg.labels_per_class is not None:
-        return labels_per_class_split(source.targets, cfg.labels_per_class, cfg.split_seed)
+        return labels_per_class_split(
+            source.targets, cfg.labels_per_class, cfg.split_seed, source.classes
+        )
     return np.zeros(0, dtype=np.int64)
 
 
@@ -396,6 +412,11 @@ def build_train_data(
             "train.batch_size_labeled > 0 but no labels selected: set data.labels_per_class or "
             "data.label_list (or batch_size_labeled=0 for self-supervised pre-training)"
         )
+    if 0 < len(labeled) < batch_labeled * world_size:  # legal, but rarely what was meant
+        log.warning(
+            "train.batch_size_labeled (%d x %d processes) is larger than the labeled set (%d "
+            "images): every labeled batch repeats images", batch_labeled, world_size, len(labeled),
+        )  # fmt: skip
     mean, std = cfg.mean_std
     multicrop, labeled_view = MultiCrop(cfg.view_specs(), mean, std), None
     labeled_view = ViewTransform(cfg.labeled_spec(), mean, std)
@@ -462,6 +483,6 @@ def build_val_loader(
     source = build_source(cfg.dataset, cfg.root, cfg.val_split, cfg.download, classes=classes)
     mean, std = cfg.mean_std
     resize = cfg.eval_resize if cfg.eval_resize > 0 else None
-    dataset = EvalDataset(source, EvalTransform(cfg.eval_size, resize, mean, std))
+    dataset = EvalDataset(source, EvalTransform(cfg.eval_size, resize, mean, std), cfg.bad_images)
     shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world_size)))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, **_loader_kwargs(cfg, device))

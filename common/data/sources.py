@@ -8,6 +8,7 @@ class folder, corrupt file) raises a one-line ``UserError`` that names the path.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,15 @@ class ImageFolderSource:
     def load(self, index: int) -> Image.Image:
         path = self.paths[index]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
+            with warnings.catch_warnings():  # PIL only warns between its limit and twice it
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    return img.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise UserError(  # a bad image like any other: fail, or skipped with bad_images=skip
+                f"corrupt image file {path}: over PIL's pixel limit "
+                f"(Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}): {err}"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise UserError(f"corrupt image file {path}: {err}") from None
 

@@ -9,8 +9,10 @@ import numpy as np
 from common.errors import UserError
 
 
-def labels_per_class_split(targets, per_class: int, seed: int) -> np.ndarray:
-    """Indices of exactly ``per_class`` images of every class, drawn reproducibly from ``seed``."""
+def labels_per_class_split(targets, per_class: int, seed: int, classes=None) -> np.ndarray:
+    """Indices of exactly ``per_class`` images of every class, drawn reproducibly from ``seed``.
+
+    ``classes`` (names by index) lets errors name the class instead of its index."""
     targets = np.asarray(targets)
     if per_class <= 0:
         raise UserError(f"labels per class must be positive, got {per_class}")
@@ -19,8 +21,10 @@ def labels_per_class_split(targets, per_class: int, seed: int) -> np.ndarray:
     for cls in np.unique(targets):
         members = np.flatnonzero(targets == cls)
         if len(members) < per_class:
+            name = f"'{classes[cls]}'" if classes is not None and cls < len(classes) else str(cls)
             raise UserError(
-                f"labels per class ({per_class}) is larger than class {cls} ({len(members)} images)"
+                f"labels per class ({per_class}) is larger than class {name} "
+                f"({len(members)} images)"
             )
         chosen.append(rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(chosen))

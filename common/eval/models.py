@@ -41,6 +41,8 @@ class EvalModel:
     notes: list[str] = field(default_factory=list)
     # ours, trained with online heads: images -> {head name: logits}
     heads: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
+    classes: list[str] | None = None  # ours: class names in prototype order (None: older run)
+    health: dict | None = None  # ours: max |w| and its reference when it was saved
 
 
 def _has_labels(config: dict) -> bool:
@@ -77,6 +79,8 @@ def _our_model(path: str, ckpt: dict) -> EvalModel:
         classify = lambda x: net([x])  # noqa: E731
     load_state_strict(net, select_weights(ckpt, {prefix: ""}), path, f"{method} network")
     model = EvalModel(net, net.backbone, None, method, cfg.model.backbone, num_protos, dict(config))
+    model.classes = meta.get("classes")
+    model.health = ckpt.get("health")
     supervised = meta.get("supervised", _has_labels(config))  # older checkpoints: the config
     if supervised and num_protos == meta.get("num_classes"):
         model.classify = classify
