@@ -183,9 +183,9 @@ class Suave(Method):
             )
             if ready:
                 out = torch.cat([self.queue.get(slot) @ weight.t().float(), out])
-            codes[view] = sinkhorn_knopp(out, self.scfg.epsilon, self.scfg.sinkhorn_iterations)[
-                -batch:
-            ]
+            codes[view] = sinkhorn_knopp(
+                out, self.scfg.epsilon, self.scfg.sinkhorn_iterations, last=batch
+            )
         if use_queue:
             self.queue.push([embeds[v].detach() for v in self.scfg.crops_for_assign])
         return codes

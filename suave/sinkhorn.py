@@ -42,26 +42,41 @@ def _sinkhorn_log(scores: torch.Tensor, epsilon: float, iterations: int) -> torc
 
 
 def _sinkhorn_plain(
-    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor
+    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor, last: int | None
 ) -> torch.Tensor:
-    """SwAV's distributed_sinkhorn with a global max shift, on the B x K orientation.
+    """SwAV's distributed_sinkhorn with a global max shift, iterating only the scaling vectors.
 
-    Row (sample) sums are local; column (prototype) sums are all-reduced. The constant factors
-    of the reference (1/K, 1/B, the total mass) cancel in the final row normalisation, so only
-    the two alternating normalisations are done.
+    The alternating normalisations of Q = exp((scores - max) / eps) are diag(r) Q diag(c) at
+    every step, so Q is written once and each iteration is two matrix-vector products (reads
+    only): c = (B / K) / (r^T Q) with the prototype sums all-reduced, then r = 1 / (Q c). The
+    reference's total-mass normalisation cancels in r. diag(r) Q diag(c) is formed once at the
+    end, for the returned rows only.
     """
-    q = torch.exp((scores - peak) / epsilon)  # B_local x K, entries in (0, 1]
+    # one fused kernel for the shift and scale, then exp in place: one B x K allocation
+    q = torch.add(peak * (-1.0 / epsilon), scores, alpha=1.0 / epsilon).exp_()
+    rows = torch.ones(q.shape[0], dtype=q.dtype, device=q.device)
+    cols = rows.new_ones(q.shape[1])
+    # prototype mass B_global / K keeps r and c at a fixed scale (else they drift by K/B a step)
+    mass = rows.new_full((), float(q.shape[0]))
+    dist.all_reduce_(mass)
+    mass = mass / q.shape[1]
     for _ in range(iterations):
-        cols = q.sum(dim=0, keepdim=True)
+        cols = rows @ q
         dist.all_reduce_(cols)
-        q.div_(cols)  # prototypes get equal mass
-        q.div_(q.sum(dim=1, keepdim=True))  # each sample gets mass 1
-    return q
+        cols = torch.div(mass, cols)  # prototypes get equal mass
+        rows = torch.mv(q, cols).reciprocal_()  # each sample gets mass 1
+    if last is not None:
+        q, rows = q[q.shape[0] - last :], rows[rows.shape[0] - last :]
+    return q.mul_(cols).mul_(rows.unsqueeze(1))
 
 
 @torch.no_grad()
 def sinkhorn_knopp(
-    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, mode: str = "auto"
+    scores: torch.Tensor,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+    mode: str = "auto",
+    last: int | None = None,
 ) -> torch.Tensor:
     """Soft assignments Q (B_local x K) of the global batch to K prototypes.
 
@@ -74,17 +89,28 @@ def sinkhorn_knopp(
     the log domain (safe for any epsilon and score range); "auto" picks "plain" when the global
     score span divided by epsilon is at most ``PLAIN_MAX_SPAN`` (e.g. unit-norm cosine scores at
     eps 0.05: span <= 2, 40), else "log". Non-finite scores always take the log domain.
+
+    ``last``: return only the last ``last`` local rows (the batch after a queue); the transport
+    is still solved over all rows, but the plain domain then writes only those rows.
     """
     if mode not in MODES:
         raise ValueError(f"sinkhorn mode must be one of {MODES}, got {mode!r}")
+    if last is not None and not 0 < last <= scores.shape[0]:
+        raise ValueError(f"sinkhorn last must be in 1..{scores.shape[0]}, got {last}")
     scores = scores.detach().float()
     if mode == "log":
-        return _sinkhorn_log(scores, epsilon, iterations)
-    stats = torch.stack([scores.max(), -scores.min()]).reshape(2)
-    dist.all_reduce_(stats, "max")  # global max and -min in one collective
-    peak = stats[0]
+        return _rows(_sinkhorn_log(scores, epsilon, iterations), last)
+    low, peak = torch.aminmax(scores)
+    if dist.is_dist():
+        stats = torch.stack([peak, -low])
+        dist.all_reduce_(stats, "max")  # global max and -min in one collective
+        peak, low = stats[0], -stats[1]
     if mode == "auto":
-        span = float(stats[0] + stats[1])  # NaN/inf -> comparison False -> log domain
+        span = float(peak - low)  # NaN/inf -> comparison False -> log domain
         if not span / epsilon <= PLAIN_MAX_SPAN:
-            return _sinkhorn_log(scores, epsilon, iterations)
-    return _sinkhorn_plain(scores, epsilon, iterations, peak)
+            return _rows(_sinkhorn_log(scores, epsilon, iterations), last)
+    return _sinkhorn_plain(scores, epsilon, iterations, peak, last)
+
+
+def _rows(q: torch.Tensor, last: int | None) -> torch.Tensor:
+    return q if last is None else q[q.shape[0] - last :]
