@@ -31,8 +31,12 @@ def _global_batch(local: int, device: torch.device) -> float:
     return float(batch)
 
 
-def _sinkhorn_log(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    log_q = (scores / epsilon).t()  # K x B_local
+def _sinkhorn_log(
+    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor
+) -> torch.Tensor:
+    # the global max shift changes nothing but keeps scores far from 0 from losing digits to /eps
+    shift = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    log_q = ((scores - shift) / epsilon).t()  # K x B_local
     log_k = math.log(log_q.shape[0])
     log_b = math.log(_global_batch(log_q.shape[1], log_q.device))
     for _ in range(iterations):
@@ -52,8 +56,8 @@ def _sinkhorn_plain(
     reference's total-mass normalisation cancels in r. diag(r) Q diag(c) is formed once at the
     end, for the returned rows only.
     """
-    # one fused kernel for the shift and scale, then exp in place: one B x K allocation
-    q = torch.add(peak * (-1.0 / epsilon), scores, alpha=1.0 / epsilon).exp_()
+    # shift first (exact for nearby values, whatever their offset), then scale and exp in place
+    q = torch.sub(scores, peak).mul_(1.0 / epsilon).exp_()
     rows = torch.ones(q.shape[0], dtype=q.dtype, device=q.device)
     cols = rows.new_ones(q.shape[1])
     # prototype mass B_global / K keeps r and c at a fixed scale (else they drift by K/B a step)
@@ -98,8 +102,6 @@ def sinkhorn_knopp(
     if last is not None and not 0 < last <= scores.shape[0]:
         raise ValueError(f"sinkhorn last must be in 1..{scores.shape[0]}, got {last}")
     scores = scores.detach().float()
-    if mode == "log":
-        return _rows(_sinkhorn_log(scores, epsilon, iterations), last)
     low, peak = torch.aminmax(scores)
     if dist.is_dist():
         stats = torch.stack([peak, -low])
@@ -108,7 +110,9 @@ def sinkhorn_knopp(
     if mode == "auto":
         span = float(peak - low)  # NaN/inf -> comparison False -> log domain
         if not span / epsilon <= PLAIN_MAX_SPAN:
-            return _rows(_sinkhorn_log(scores, epsilon, iterations), last)
+            mode = "log"
+    if mode == "log":
+        return _rows(_sinkhorn_log(scores, epsilon, iterations, peak), last)
     return _sinkhorn_plain(scores, epsilon, iterations, peak, last)
 
 
