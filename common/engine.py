@@ -115,6 +115,33 @@ def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> d
     return {k: move(v) for k, v in batch.items()}
 
 
+def finite_flags(out) -> tuple[list[str], torch.Tensor]:
+    """Names and on-device finite flags of a step's loss terms (the total last)."""
+    values = {**out.terms, "loss": out.loss}  # name the culprit term before the total
+    flags = torch.stack([torch.isfinite(v.detach().float()).all() for v in values.values()])
+    return list(values), flags
+
+
+def raise_first_non_finite(pending: list, world: int, run_dir: Path) -> None:
+    """Stop at the first non-finite term of ``pending`` [(step, names, flags)], on all ranks."""
+    if not pending:
+        return
+    flags = torch.cat([f for _, _, f in pending])
+    if world > 1:  # all ranks stop together instead of waiting for a dead one
+        flags = dist.all_reduce_(flags.float(), "min") > 0
+    if bool(flags.all()):
+        return
+    first = int((~flags).nonzero()[0])
+    for step, names, _ in pending:
+        if first < len(names):
+            raise NonFiniteLossError(
+                f"non-finite {names[first]} at step {step}: training stopped, the last good "
+                f"checkpoint in {run_dir / 'checkpoints'} is kept (lower the learning rate or use "
+                "fp32)"
+            )
+        first -= len(names)
+
+
 class Trainer:
     """Owns optimiser, scaler, schedules, logging and checkpoints of one run."""
 
@@ -160,6 +187,8 @@ class Trainer:
         self.step_csv = MetricsCSV(self.run_dir / "metrics_step.csv") if dist.is_main() else None
         self.epoch_csv = MetricsCSV(self.run_dir / "metrics_epoch.csv") if dist.is_main() else None
         self.preempt = PreemptionFlag()
+        # (step, term names, device flags) of steps whose finite check is not yet read back
+        self._pending_finite: list[tuple[int, list[str], torch.Tensor]] = []
         log.info(
             "steps/epoch %d, total %d, global batch %d unlabeled + %d labeled, peak lr %.4g",
             self.spe, self.total_steps, global_batch, train_cfg.batch_size_labeled * self.world,
@@ -210,6 +239,7 @@ class Trainer:
         Non-finite weights (an update from inf gradients) are refused on every rank, so the last
         good checkpoint is never replaced by a poisoned one.
         """
+        self._flush_finite_checks()  # a non-finite loss since the last check is named first
         bad = first_non_finite(self.method.state_dict())
         flag = torch.tensor([0.0 if bad is None else 1.0], device=self.device)
         if self.world > 1:
@@ -245,19 +275,18 @@ class Trainer:
                 group["weight_decay"] = wd
 
     def _check_finite(self, out, step: int) -> None:
-        values = {**out.terms, "loss": out.loss}  # name the culprit term before the total
-        names = list(values)
-        flags = torch.stack([torch.isfinite(v.detach().float()).all() for v in values.values()])
-        if self.world > 1:  # all ranks stop together instead of waiting for a dead one
-            flags = dist.all_reduce_(flags.float(), "min") > 0
-        if not bool(flags.all()):
-            bad = names[int((~flags).nonzero()[0])]
-            raise NonFiniteLossError(
-                f"non-finite {bad} at step {step}: training stopped, the last good checkpoint in "
-                f"{self.run_dir / 'checkpoints'} is kept (lower the learning rate or use fp32)"
-            )
+        """Check one step's loss terms now (reads them back: a host sync)."""
+        raise_first_non_finite([(step, *finite_flags(out))], self.world, self.run_dir)
+
+    def _flush_finite_checks(self) -> None:
+        """Read back the finite flags of the steps since the last flush: one host sync and one
+        collective for all of them, on logging steps and before any save (see train_step)."""
+        pending, self._pending_finite = self._pending_finite, []
+        raise_first_non_finite(pending, self.world, self.run_dir)
 
     def _preemption_requested(self) -> bool:
+        if self.world == 1:
+            return bool(self.preempt.requested)  # a Python flag: no tensor, no sync
         flag = torch.tensor([1.0 if self.preempt.requested else 0.0])
         if self.world > 1:
             flag = flag.to(self.device)
@@ -274,7 +303,9 @@ class Trainer:
             batch = device_transform(batch, aug_generator(cfg.seed, ctx.step))
         with self.amp():
             out = self.method.training_step(batch, ctx)
-        self._check_finite(out, ctx.step)
+        # no host sync here: the flags stay on the device until the next logging step or save,
+        # which still stop the run naming the first non-finite step and keep the last good save
+        self._pending_finite.append((ctx.step, *finite_flags(out)))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.method.before_optimizer_step(ctx)
@@ -298,7 +329,7 @@ class Trainer:
         dist.all_reduce_(values, "mean")
         row = {"step": ctx.step, "epoch": ctx.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({n: float(v) for n, v in zip(names, values.cpu())})
-        row.update(out.metrics)
+        row.update({k: float(v) for k, v in out.metrics.items()})  # tensors: read back here
         row["images_per_s"] = images_per_s
         row["data_wait"] = data_wait
         if num_bad:
@@ -362,6 +393,7 @@ class Trainer:
                 window_steps += 1
                 bar.update(step - epoch * self.spe, loss=out.loss)
                 if step % self.print_every == 0 or step == last_step:
+                    self._flush_finite_checks()
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     rate = images_per_step * self.world * window_steps / elapsed
                     self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), bad_images)
@@ -382,6 +414,7 @@ class Trainer:
                 if step >= last_step or epoch_done:
                     break
             bar.close()
+            self._flush_finite_checks()  # before evaluating or saving at the epoch's end
             epoch_done = step % self.spe == 0
             finished_epoch = step // self.spe
             row = {"step": step - 1, "epoch": epoch}

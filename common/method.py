@@ -25,7 +25,8 @@ class StepContext:
 class StepOutput:
     loss: torch.Tensor  # the scalar that is back-propagated
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # named parts, for logs/NaN checks
-    metrics: dict[str, float] = field(default_factory=dict)  # extra monitoring values
+    # extra monitoring values: floats or 0-dim tensors (read back on logging steps only)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class Method(nn.Module):

@@ -32,11 +32,12 @@ def _global_batch(local: int, device: torch.device) -> float:
 
 
 def _sinkhorn_log(
-    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor
+    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor | float
 ) -> torch.Tensor:
     # the global max shift changes nothing but keeps scores far from 0 from losing digits to /eps
-    shift = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    log_q = ((scores - shift) / epsilon).t()  # K x B_local
+    if isinstance(peak, torch.Tensor):
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    log_q = ((scores - peak) / epsilon).t()  # K x B_local
     log_k = math.log(log_q.shape[0])
     log_b = math.log(_global_batch(log_q.shape[1], log_q.device))
     for _ in range(iterations):
@@ -46,7 +47,11 @@ def _sinkhorn_log(
 
 
 def _sinkhorn_plain(
-    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor, last: int | None
+    scores: torch.Tensor,
+    epsilon: float,
+    iterations: int,
+    peak: torch.Tensor | float,
+    last: int | None,
 ) -> torch.Tensor:
     """SwAV's distributed_sinkhorn with a global max shift, iterating only the scaling vectors.
 
@@ -81,6 +86,7 @@ def sinkhorn_knopp(
     iterations: int = 3,
     mode: str = "auto",
     last: int | None = None,
+    bound: float | None = None,
 ) -> torch.Tensor:
     """Soft assignments Q (B_local x K) of the global batch to K prototypes.
 
@@ -96,20 +102,28 @@ def sinkhorn_knopp(
 
     ``last``: return only the last ``last`` local rows (the batch after a queue); the transport
     is still solved over all rows, but the plain domain then writes only those rows.
+
+    ``bound``: a known bound on |scores| (1 for cosine scores). "auto" then decides from
+    2 * bound / eps and the shift is the bound: no reduction and no read-back to the host
+    (no device sync per call).
     """
     if mode not in MODES:
         raise ValueError(f"sinkhorn mode must be one of {MODES}, got {mode!r}")
     if last is not None and not 0 < last <= scores.shape[0]:
         raise ValueError(f"sinkhorn last must be in 1..{scores.shape[0]}, got {last}")
     scores = scores.detach().float()
-    low, peak = torch.aminmax(scores)
-    if dist.is_dist():
-        stats = torch.stack([peak, -low])
-        dist.all_reduce_(stats, "max")  # global max and -min in one collective
-        peak, low = stats[0], -stats[1]
-    if mode == "auto":
-        span = float(peak - low)  # NaN/inf -> comparison False -> log domain
-        if not span / epsilon <= PLAIN_MAX_SPAN:
+    if bound is not None:  # shift by the bound: no reduction, no collective, no read-back
+        peak = float(bound)  # a Python number: no host-to-device copy either
+        if mode == "auto" and not 2.0 * bound / epsilon <= PLAIN_MAX_SPAN:
+            mode = "log"
+    else:
+        low, peak = torch.aminmax(scores)
+        if dist.is_dist():
+            stats = torch.stack([peak, -low])
+            dist.all_reduce_(stats, "max")  # global max and -min in one collective
+            peak, low = stats[0], -stats[1]
+        span = float(peak - low) if mode == "auto" else 0.0
+        if not span / epsilon <= PLAIN_MAX_SPAN:  # NaN/inf: comparison False -> log domain
             mode = "log"
     if mode == "log":
         return _rows(_sinkhorn_log(scores, epsilon, iterations, peak), last)
