@@ -181,3 +181,28 @@ def test_tiny_epsilon_on_extreme_scores_takes_the_log_domain_without_overflow():
         assert torch.isfinite(q).all() and (q >= 0).all()
         torch.testing.assert_close(q.sum(dim=1), torch.ones(64), atol=1e-5, rtol=0)
         torch.testing.assert_close(q, sinkhorn_knopp(scores, eps, 3, mode="log"), atol=0, rtol=0)
+
+
+def test_known_bound_gives_the_same_codes_without_reading_scores_back(monkeypatch):
+    """Suave's cosine scores are within [-1, 1]: ``bound=1`` shifts by the bound and picks the
+    domain from 2 / eps, with no reduction over the scores and no read-back to the host."""
+    scores = cosine_scores(96, 20, seed=14)
+    for eps in (0.05, 0.03, 0.01):  # 2 / eps = 40 (plain), 67 and 200 (log)
+        free = sinkhorn_knopp(scores, eps, 3)
+        reads = []
+
+        def counting(name, original, reads=reads):
+            return lambda self, *a: reads.append(name) or original(self, *a)
+
+        for name in ("item", "__float__", "__bool__", "tolist"):
+            monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+        bounded = sinkhorn_knopp(scores, eps, 3, bound=1.0)
+        monkeypatch.undo()
+        if 2 / eps <= 50:
+            assert reads == [], reads  # the log domain reads its global batch size back
+        assert torch.isfinite(bounded).all()
+        ref = reference_sinkhorn(scores.numpy(), eps, 3)
+        # float32 (s - shift) / eps carries ~1e-6 relative error at eps 0.01, in every mode
+        atol = 1e-6 if eps > 0.02 else 2e-6
+        np.testing.assert_allclose(bounded.numpy(), ref, rtol=0, atol=atol)
+        torch.testing.assert_close(bounded, free, atol=2 * atol, rtol=0)
