@@ -39,7 +39,7 @@ def tensor_rows(device: torch.device, reps: int, row) -> None:
             f"Sinkhorn-Knopp B={batch}, K={k}",
             lambda s=s: sinkhorn_knopp(s, 0.05, 3),
             lambda s=s: lightly_sinkhorn(s, 3, 0.05, False),
-            reps if batch < 1000 else 3,
+            reps * 20 if batch < 1000 else reps,
         )
 
     views = [cosine(64, 1000) for _ in range(10)]  # 2 global then 8 local views

@@ -63,17 +63,21 @@ def _sinkhorn_plain(
     """
     # shift first (exact for nearby values, whatever their offset), then scale and exp in place
     q = torch.sub(scores, peak).mul_(1.0 / epsilon).exp_()
-    rows = torch.ones(q.shape[0], dtype=q.dtype, device=q.device)
-    cols = rows.new_ones(q.shape[1])
     # prototype mass B_global / K keeps r and c at a fixed scale (else they drift by K/B a step)
-    mass = rows.new_full((), float(q.shape[0]))
-    dist.all_reduce_(mass)
-    mass = mass / q.shape[1]
+    if dist.is_dist():
+        mass = q.new_full((), float(q.shape[0]))
+        dist.all_reduce_(mass)
+        mass = mass / q.shape[1]
+    else:
+        mass = torch.full((), q.shape[0] / q.shape[1], dtype=q.dtype, device=q.device)
+    rows = None  # r = 1 at the start: the first column sums are plain sums
     for _ in range(iterations):
-        cols = rows @ q
+        cols = q.sum(dim=0) if rows is None else torch.mv(q.t(), rows)
         dist.all_reduce_(cols)
         cols = torch.div(mass, cols)  # prototypes get equal mass
         rows = torch.mv(q, cols).reciprocal_()  # each sample gets mass 1
+    if rows is None:  # no iteration: the reference's row normalisation alone
+        return _rows(q.div_(q.sum(dim=1, keepdim=True)), last)
     if last is not None:
         q, rows = q[q.shape[0] - last :], rows[rows.shape[0] - last :]
     return q.mul_(cols).mul_(rows.unsqueeze(1))
