@@ -102,7 +102,8 @@ def sinkhorn_knopp(
     ``mode``: "plain" works on exp((scores - global max) / eps) directly (fast); "log" works in
     the log domain (safe for any epsilon and score range); "auto" picks "plain" when the global
     score span divided by epsilon is at most ``PLAIN_MAX_SPAN`` (e.g. unit-norm cosine scores at
-    eps 0.05: span <= 2, 40), else "log". Non-finite scores always take the log domain.
+    eps 0.05: span <= 2, 40), else "log". Without ``bound``, non-finite scores take the log
+    domain.
 
     ``last``: return only the last ``last`` local rows (the batch after a queue); the transport
     is still solved over all rows, but the plain domain then writes only those rows.
