@@ -176,7 +176,7 @@ class MethodBench:
         with torch.no_grad():
             queue.embeddings.copy_(torch.nn.functional.normalize(
                 torch.randn_like(queue.embeddings), dim=-1))  # fmt: skip
-            queue.filled.fill_(queue.length)
+            queue.set_filled(queue.length)
 
     def train_step(self) -> None:
         t = self.trainer

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -120,6 +121,32 @@ def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> d
     return {k: move(v) for k, v in batch.items()}
 
 
+def finite_flags(out) -> tuple[list[str], torch.Tensor]:
+    """Names and on-device finite flags of a step's loss terms (the total last)."""
+    values = {**out.terms, "loss": out.loss}  # name the culprit term before the total
+    flags = torch.stack([torch.isfinite(v.detach().float()).all() for v in values.values()])
+    return list(values), flags
+
+
+def raise_first_non_finite(pending: list, world: int, advice: Callable[[], str]) -> None:
+    """Stop at the first non-finite term of ``pending`` [(step, names, flags)], on all ranks;
+    the message ends with ``advice()`` (where to go back to)."""
+    if not pending:
+        return
+    flags = torch.cat([f for _, _, f in pending])
+    if world > 1:  # all ranks stop together instead of waiting for a dead one
+        flags = dist.all_reduce_(flags.float(), "min") > 0
+    if bool(flags.all()):
+        return
+    first = int((~flags).nonzero()[0])
+    for step, names, _ in pending:
+        if first < len(names):
+            raise NonFiniteLossError(
+                f"non-finite {names[first]} at step {step}: training stopped; {advice()}"
+            )
+        first -= len(names)
+
+
 class Trainer:
     """Owns optimiser, scaler, schedules, logging and checkpoints of one run."""
 
@@ -174,6 +201,8 @@ class Trainer:
         self.health_ref = max_abs_weight(method.trainable.parameters())
         self.stable_step: int | None = None  # step of checkpoints/stable.pth, if sane weights
         self.last_loss = None
+        # (step, term names, device flags) of steps whose finite check is not yet read back
+        self._pending_finite: list[tuple[int, list[str], torch.Tensor]] = []
         log.info(
             "steps/epoch %d, total %d, global batch %d unlabeled + %d labeled, peak lr %.4g",
             self.spe, self.total_steps, global_batch, train_cfg.batch_size_labeled * self.world,
@@ -231,6 +260,7 @@ class Trainer:
         Non-finite weights (an update from inf gradients) are refused on every rank, so the last
         good checkpoint is never replaced by a poisoned one.
         """
+        self._flush_finite_checks()  # a non-finite loss since the last check is named first
         bad = first_non_finite(self.method.state_dict())
         flag = torch.tensor([0.0 if bad is None else 1.0], device=self.device)
         if self.world > 1:
@@ -289,18 +319,18 @@ class Trainer:
                 group["weight_decay"] = wd
 
     def _check_finite(self, out, step: int) -> None:
-        values = {**out.terms, "loss": out.loss}  # name the culprit term before the total
-        names = list(values)
-        flags = torch.stack([torch.isfinite(v.detach().float()).all() for v in values.values()])
-        if self.world > 1:  # all ranks stop together instead of waiting for a dead one
-            flags = dist.all_reduce_(flags.float(), "min") > 0
-        if not bool(flags.all()):
-            bad = names[int((~flags).nonzero()[0])]
-            raise NonFiniteLossError(
-                f"non-finite {bad} at step {step}: training stopped; {self._stable_advice()}"
-            )
+        """Check one step's loss terms now (reads them back: a host sync)."""
+        raise_first_non_finite([(step, *finite_flags(out))], self.world, self._stable_advice)
+
+    def _flush_finite_checks(self) -> None:
+        """Read back the finite flags of the steps since the last flush: one host sync and one
+        collective for all of them, on logging steps and before any save (see train_step)."""
+        pending, self._pending_finite = self._pending_finite, []
+        raise_first_non_finite(pending, self.world, self._stable_advice)
 
     def _preemption_requested(self) -> bool:
+        if self.world == 1:
+            return bool(self.preempt.requested)  # a Python flag: no tensor, no sync
         flag = torch.tensor([1.0 if self.preempt.requested else 0.0])
         if self.world > 1:
             flag = flag.to(self.device)
@@ -321,7 +351,9 @@ class Trainer:
             batch = device_transform(batch, aug_generator(cfg.seed, ctx.step))
         with self.amp():
             out = self.method.training_step(batch, ctx)
-        self._check_finite(out, ctx.step)
+        # no host sync here: the flags stay on the device until the next logging step or save,
+        # which still stop the run naming the first non-finite step and keep the last good save
+        self._pending_finite.append((ctx.step, *finite_flags(out)))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.backward_loss).backward()
         if self.method.online_heads is not None:
@@ -360,7 +392,8 @@ class Trainer:
         row["weight_decay"] = float(self.wd_schedule[ctx.step])
         if self.last_grad_norm is not None:
             row["grad_norm"] = float(self.last_grad_norm)
-        row.update(out.metrics)  # method-provided (Daino: teacher_temp, teacher_momentum)
+        # method-provided (Daino: teacher_temp, teacher_momentum); tensors are read back here
+        row.update({k: float(v) for k, v in out.metrics.items()})
         row["images_per_s"] = images_per_s
         row["data_wait"] = data_wait
         if num_bad:
@@ -441,6 +474,7 @@ class Trainer:
                 window_steps += 1
                 bar.update(step - epoch * self.spe, loss=out.loss)
                 if log_now:
+                    self._flush_finite_checks()
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     rate = images_per_step * self.world * window_steps / elapsed
                     self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), bad_images)
@@ -461,6 +495,7 @@ class Trainer:
                 if step >= last_step or epoch_done:
                     break
             bar.close()
+            self._flush_finite_checks()  # before evaluating or saving at the epoch's end
             epoch_done = step % self.spe == 0
             finished_epoch = step // self.spe
             row = {"step": step, "epoch": epoch}

@@ -27,7 +27,8 @@ class StepContext:
 class StepOutput:
     loss: torch.Tensor  # the scalar that is back-propagated
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # named parts, for logs/NaN checks
-    metrics: dict[str, float] = field(default_factory=dict)  # extra monitoring values
+    # extra monitoring values: floats or 0-dim tensors (read back on logging steps only)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
     # back-propagated with ``loss`` but no part of the method's objective (the online heads'
     # cross-entropy on detached features): the logged ``loss`` stays the method's loss
     extra_loss: torch.Tensor | None = None

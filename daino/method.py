@@ -252,11 +252,11 @@ class Daino(Method):
         metrics = {
             "teacher_temp": self.loss.teacher_temperature(ctx.epoch),
             "teacher_momentum": float(self.momentum_schedule[ctx.step]),
-            "target_entropy": float(entropy),
+            "target_entropy": entropy,  # tensors: read back on logging steps only
         }
         if b_l:
             pred = lab_logits.detach().argmax(dim=1)
-            metrics["train_labeled_acc"] = float((pred == batch["labels"]).float().mean()) * 100
+            metrics["train_labeled_acc"] = (pred == batch["labels"]).float().mean() * 100
         extra = None
         if heads is not None:  # clean labeled images only, features detached inside the heads
             extra = heads.loss({k: t[:b_l] for k, t in taps.items()}, batch["labels"])

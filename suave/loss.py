@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from common.losses import soft_cross_entropy
+import torch.nn.functional as F
 
 
 def swapped_prediction_loss(
@@ -16,10 +15,15 @@ def swapped_prediction_loss(
 
     ``view_scores[v]``: B x K prototype scores of view v; ``assignments[i]``: B x K targets
     (Sinkhorn-Knopp codes) of assignment view i. Mean over assignment views and predictors.
+
+    One log softmax per view and one dot product per (codes, predictor) pair, instead of a
+    handful of B x K kernels per pair: the per-pair sum over samples and prototypes is
+    dot(q_i, L_v) with L_v the log softmax of view v.
     """
-    total = view_scores[0].new_zeros(())
+    log_p = [F.log_softmax(v.float() / temperature, dim=1).reshape(-1) for v in view_scores]
+    dots = []
     for i, q in assignments.items():
-        others = [v for v in range(len(view_scores)) if v != i]
-        sub = sum(soft_cross_entropy(view_scores[v] / temperature, q) for v in others)
-        total = total + sub / len(others)
-    return total / len(assignments)
+        q = q.float().reshape(-1)
+        dots += [torch.dot(q, lp) for v, lp in enumerate(log_p) if v != i]
+    batch = view_scores[0].shape[0]
+    return torch.stack(dots).sum() / (-len(assignments) * (len(view_scores) - 1) * batch)

@@ -211,14 +211,16 @@ class Suave(Method):
         for slot, view in enumerate(self.scfg.crops_for_assign):
             out = scores[view].detach().float()
             batch = out.shape[0]
-            ready = use_queue and int(self.queue.filled) >= (
+            ready = use_queue and self.queue.count() >= (
                 self.queue.length if self.scfg.queue_use == "full" else 1
             )
             if ready:
                 out = torch.cat([self.queue.get(slot) @ weight.t().float(), out])
-            codes[view] = sinkhorn_knopp(out, self.scfg.epsilon, self.scfg.sinkhorn_iterations)[
-                -batch:
-            ]
+            # cosine scores (unit embeddings and prototypes): |score| <= 1 is known, so the
+            # plain/log choice needs no read-back of the scores
+            codes[view] = sinkhorn_knopp(
+                out, self.scfg.epsilon, self.scfg.sinkhorn_iterations, last=batch, bound=1.0
+            )
         if use_queue:
             self.queue.push([embeds[v].detach() for v in self.scfg.crops_for_assign])
         return codes
@@ -302,7 +304,8 @@ class Suave(Method):
         metrics = {}
         if b_l:
             pred = take("lab", scores).detach().argmax(dim=1)
-            metrics["train_labeled_acc"] = float((pred == batch["labels"]).float().mean()) * 100
+            # a tensor: read back on logging steps only (no host sync per step)
+            metrics["train_labeled_acc"] = (pred == batch["labels"]).float().mean() * 100
         extra = None
         if heads is not None:  # clean labeled images only, features detached inside the heads
             extra = heads.loss({k: take("lab", t) for k, t in taps.items()}, batch["labels"])

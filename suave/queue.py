@@ -18,13 +18,29 @@ class EmbeddingQueue(nn.Module):
         super().__init__()
         self.register_buffer("embeddings", torch.zeros(num_views, length, dim))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        # host copy of ``filled``: read back from the device once, not at every step (a sync)
+        self._count: int | None = 0
+
+    def count(self) -> int:
+        """Filled rows (the buffer is read back only after a state load)."""
+        if self._count is None:
+            self._count = int(self.filled)
+        return self._count
+
+    def set_filled(self, rows: int) -> None:
+        self.filled.fill_(rows)
+        self._count = rows
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None  # a loaded ``filled`` is read again on next use
 
     @property
     def length(self) -> int:
         return self.embeddings.shape[1]
 
     def get(self, view: int) -> torch.Tensor:
-        return self.embeddings[view, : int(self.filled)]
+        return self.embeddings[view, : self.count()]
 
     @torch.no_grad()
     def push(self, per_view: list[torch.Tensor]) -> None:
@@ -39,4 +55,4 @@ class EmbeddingQueue(nn.Module):
             self.embeddings[:, batch:] = self.embeddings[:, :-batch].clone()
             for v, emb in enumerate(per_view):
                 self.embeddings[v, :batch] = emb.to(self.embeddings.dtype)
-        self.filled.fill_(min(int(self.filled) + batch, self.length))
+        self.set_filled(min(self.count() + batch, self.length))

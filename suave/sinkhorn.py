@@ -31,8 +31,13 @@ def _global_batch(local: int, device: torch.device) -> float:
     return float(batch)
 
 
-def _sinkhorn_log(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    log_q = (scores / epsilon).t()  # K x B_local
+def _sinkhorn_log(
+    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor | float
+) -> torch.Tensor:
+    # the global max shift changes nothing but keeps scores far from 0 from losing digits to /eps
+    if isinstance(peak, torch.Tensor):
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    log_q = ((scores - peak) / epsilon).t()  # K x B_local
     log_k = math.log(log_q.shape[0])
     log_b = math.log(_global_batch(log_q.shape[1], log_q.device))
     for _ in range(iterations):
@@ -42,26 +47,50 @@ def _sinkhorn_log(scores: torch.Tensor, epsilon: float, iterations: int) -> torc
 
 
 def _sinkhorn_plain(
-    scores: torch.Tensor, epsilon: float, iterations: int, peak: torch.Tensor
+    scores: torch.Tensor,
+    epsilon: float,
+    iterations: int,
+    peak: torch.Tensor | float,
+    last: int | None,
 ) -> torch.Tensor:
-    """SwAV's distributed_sinkhorn with a global max shift, on the B x K orientation.
+    """SwAV's distributed_sinkhorn with a global max shift, iterating only the scaling vectors.
 
-    Row (sample) sums are local; column (prototype) sums are all-reduced. The constant factors
-    of the reference (1/K, 1/B, the total mass) cancel in the final row normalisation, so only
-    the two alternating normalisations are done.
+    The alternating normalisations of Q = exp((scores - max) / eps) are diag(r) Q diag(c) at
+    every step, so Q is written once and each iteration is two matrix-vector products (reads
+    only): c = (B / K) / (r^T Q) with the prototype sums all-reduced, then r = 1 / (Q c). The
+    reference's total-mass normalisation cancels in r. diag(r) Q diag(c) is formed once at the
+    end, for the returned rows only.
     """
-    q = torch.exp((scores - peak) / epsilon)  # B_local x K, entries in (0, 1]
+    # shift first (exact for nearby values, whatever their offset), then scale and exp in place
+    q = torch.sub(scores, peak).mul_(1.0 / epsilon).exp_()
+    # prototype mass B_global / K keeps r and c at a fixed scale (else they drift by K/B a step)
+    if dist.is_dist():
+        mass = q.new_full((), float(q.shape[0]))
+        dist.all_reduce_(mass)
+        mass = mass / q.shape[1]
+    else:
+        mass = torch.full((), q.shape[0] / q.shape[1], dtype=q.dtype, device=q.device)
+    rows = None  # r = 1 at the start: the first column sums are plain sums
     for _ in range(iterations):
-        cols = q.sum(dim=0, keepdim=True)
+        cols = q.sum(dim=0) if rows is None else torch.mv(q.t(), rows)
         dist.all_reduce_(cols)
-        q.div_(cols)  # prototypes get equal mass
-        q.div_(q.sum(dim=1, keepdim=True))  # each sample gets mass 1
-    return q
+        cols = torch.div(mass, cols)  # prototypes get equal mass
+        rows = torch.mv(q, cols).reciprocal_()  # each sample gets mass 1
+    if rows is None:  # no iteration: the reference's row normalisation alone
+        return _rows(q.div_(q.sum(dim=1, keepdim=True)), last)
+    if last is not None:
+        q, rows = q[q.shape[0] - last :], rows[rows.shape[0] - last :]
+    return q.mul_(cols).mul_(rows.unsqueeze(1))
 
 
 @torch.no_grad()
 def sinkhorn_knopp(
-    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, mode: str = "auto"
+    scores: torch.Tensor,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+    mode: str = "auto",
+    last: int | None = None,
+    bound: float | None = None,
 ) -> torch.Tensor:
     """Soft assignments Q (B_local x K) of the global batch to K prototypes.
 
@@ -73,18 +102,38 @@ def sinkhorn_knopp(
     ``mode``: "plain" works on exp((scores - global max) / eps) directly (fast); "log" works in
     the log domain (safe for any epsilon and score range); "auto" picks "plain" when the global
     score span divided by epsilon is at most ``PLAIN_MAX_SPAN`` (e.g. unit-norm cosine scores at
-    eps 0.05: span <= 2, 40), else "log". Non-finite scores always take the log domain.
+    eps 0.05: span <= 2, 40), else "log". Without ``bound``, non-finite scores take the log
+    domain.
+
+    ``last``: return only the last ``last`` local rows (the batch after a queue); the transport
+    is still solved over all rows, but the plain domain then writes only those rows.
+
+    ``bound``: a known bound on |scores| (1 for cosine scores). "auto" then decides from
+    2 * bound / eps and the shift is the bound: no reduction and no read-back to the host
+    (no device sync per call).
     """
     if mode not in MODES:
         raise ValueError(f"sinkhorn mode must be one of {MODES}, got {mode!r}")
+    if last is not None and not 0 < last <= scores.shape[0]:
+        raise ValueError(f"sinkhorn last must be in 1..{scores.shape[0]}, got {last}")
     scores = scores.detach().float()
+    if bound is not None:  # shift by the bound: no reduction, no collective, no read-back
+        peak = float(bound)  # a Python number: no host-to-device copy either
+        if mode == "auto" and not 2.0 * bound / epsilon <= PLAIN_MAX_SPAN:
+            mode = "log"
+    else:
+        low, peak = torch.aminmax(scores)
+        if dist.is_dist():
+            stats = torch.stack([peak, -low])
+            dist.all_reduce_(stats, "max")  # global max and -min in one collective
+            peak, low = stats[0], -stats[1]
+        span = float(peak - low) if mode == "auto" else 0.0
+        if not span / epsilon <= PLAIN_MAX_SPAN:  # NaN/inf: comparison False -> log domain
+            mode = "log"
     if mode == "log":
-        return _sinkhorn_log(scores, epsilon, iterations)
-    stats = torch.stack([scores.max(), -scores.min()]).reshape(2)
-    dist.all_reduce_(stats, "max")  # global max and -min in one collective
-    peak = stats[0]
-    if mode == "auto":
-        span = float(stats[0] + stats[1])  # NaN/inf -> comparison False -> log domain
-        if not span / epsilon <= PLAIN_MAX_SPAN:
-            return _sinkhorn_log(scores, epsilon, iterations)
-    return _sinkhorn_plain(scores, epsilon, iterations, peak)
+        return _rows(_sinkhorn_log(scores, epsilon, iterations, peak), last)
+    return _sinkhorn_plain(scores, epsilon, iterations, peak, last)
+
+
+def _rows(q: torch.Tensor, last: int | None) -> torch.Tensor:
+    return q if last is None else q[q.shape[0] - last :]

@@ -279,11 +279,11 @@ def test_fresh_start_over_a_failed_runs_files_does_not_repeat_steps(tmp_path, ti
             "train.checkpoint_every_steps=0"]  # fmt: skip
     proc = start_entry("main_suave.py", args, SUAVEDAINO_TEST_KILL_AT_STEP="2")
     proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL  # steps 0 and 1 logged, no checkpoint yet
+    assert proc.returncode == -signal.SIGKILL  # steps 1 and 2 done and logged, no checkpoint yet
     main_suave.main([*args, "train.max_steps=3"])  # allowed: same config, no checkpoint
     with (tmp_path / "run" / "metrics_step.csv").open(newline="") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
-    assert steps == [0, 1, 2]
+    assert steps == [1, 2, 3]  # rows are numbered by steps done, each once
 
 
 def test_labels_per_class_error_names_the_class():

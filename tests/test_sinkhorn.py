@@ -110,19 +110,99 @@ def test_auto_takes_the_log_domain_for_tiny_epsilon_and_unbounded_scores():
         sinkhorn_knopp(scores, 0.05, 3, mode="fast")
 
 
-def _sinkhorn_shard_modes(rank, scores, world, eps):
-    shard = scores.chunk(world)[rank]
+def _sinkhorn_shard_modes(rank, scores, sizes, eps, last):
+    shard = scores.split(sizes)[rank]  # unequal shards: the global batch comes from all ranks
     # numpy, not tensors: a tensor's shared memory can vanish with the worker before it is read
-    return {m: sinkhorn_knopp(shard, eps, 3, mode=m).numpy() for m in ("auto", "plain", "log")}
+    out = {m: sinkhorn_knopp(shard, eps, 3, mode=m).numpy() for m in ("auto", "plain", "log")}
+    out["last"] = sinkhorn_knopp(shard, eps, 3, last=last).numpy()
+    return out
 
 
 @pytest.mark.distributed
 def test_two_processes_equal_one_process_in_every_mode():
     scores = torch.cat([cosine_scores(40, 6, seed=10), torch.full((8, 6), 0.5)])  # + ties
-    parts = run_distributed(_sinkhorn_shard_modes, 2, scores, 2, 0.05)
+    sizes = [30, 18]
+    parts = run_distributed(_sinkhorn_shard_modes, 2, scores, sizes, 0.05, 5)
     ref = reference_sinkhorn(scores.numpy(), 0.05, 3)
     for mode in ("auto", "plain", "log"):
         joined = torch.from_numpy(np.concatenate([p[mode] for p in parts]))
         torch.testing.assert_close(joined, sinkhorn_knopp(scores, 0.05, 3, mode=mode),
                                    atol=1e-6, rtol=0)  # fmt: skip
         np.testing.assert_allclose(joined.numpy(), ref, rtol=0, atol=1e-6)
+    for rank, part in enumerate(parts):  # each rank's last rows of its own shard
+        end = sum(sizes[: rank + 1])
+        np.testing.assert_allclose(part["last"], ref[end - 5 : end], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------- scaling-vector iteration of the plain domain
+
+
+@pytest.mark.parametrize("shape", [(512, 8), (8, 512)])
+def test_plain_scaling_vectors_stay_bounded_over_many_iterations(shape):
+    """B >> K and K >> B: without the B/K prototype mass r and c would drift by K/B a step."""
+    scores = cosine_scores(*shape, seed=11)
+    ref = reference_sinkhorn(scores.numpy(), 0.05, 30)
+    plain = sinkhorn_knopp(scores, 0.05, 30, mode="plain")
+    assert torch.isfinite(plain).all()
+    np.testing.assert_allclose(plain.numpy(), ref, rtol=0, atol=1e-6)
+    # the log domain's rounding grows with the iterations (1.2e-6 from the reference here)
+    log = sinkhorn_knopp(scores, 0.05, 30, mode="log")
+    np.testing.assert_allclose(plain.numpy(), log.numpy(), rtol=0, atol=3e-6)
+
+
+def test_plain_at_the_auto_limit_and_with_large_offsets():
+    """Span / eps right at PLAIN_MAX_SPAN, and scores far from zero (only the span matters)."""
+    base = cosine_scores(96, 20, seed=12)
+    wide = base / (base.max() - base.min()) * 2.5  # span 2.5 at eps 0.05: span / eps == 50
+    for s in (wide, base + 300.0, base - 300.0):
+        auto = sinkhorn_knopp(s, 0.05, 3)
+        torch.testing.assert_close(auto, sinkhorn_knopp(s, 0.05, 3, mode="plain"), atol=0, rtol=0)
+        ref = reference_sinkhorn((s - s.max()).double().numpy(), 0.05, 3)
+        np.testing.assert_allclose(auto.numpy(), ref, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(auto.numpy(), sinkhorn_knopp(s, 0.05, 3, mode="log"),
+                                   rtol=0, atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["auto", "plain", "log"])
+def test_last_rows_equal_the_tail_of_the_full_result(mode):
+    scores = cosine_scores(200, 30, seed=13)  # a queue of 136 rows, then a batch of 64
+    full = sinkhorn_knopp(scores, 0.05, 3, mode=mode)
+    tail = sinkhorn_knopp(scores, 0.05, 3, mode=mode, last=64)
+    assert tail.shape == (64, 30)
+    torch.testing.assert_close(tail, full[-64:], atol=0, rtol=0)
+    with pytest.raises(ValueError):
+        sinkhorn_knopp(scores, 0.05, 3, last=0)
+
+
+def test_tiny_epsilon_on_extreme_scores_takes_the_log_domain_without_overflow():
+    scores = _adversarial_scores()["extreme"] * 50.0  # +-50 at eps 1e-3: exp(1e5) in plain
+    for eps in (1e-3, 1e-6):
+        q = sinkhorn_knopp(scores, eps, 3)
+        assert torch.isfinite(q).all() and (q >= 0).all()
+        torch.testing.assert_close(q.sum(dim=1), torch.ones(64), atol=1e-5, rtol=0)
+        torch.testing.assert_close(q, sinkhorn_knopp(scores, eps, 3, mode="log"), atol=0, rtol=0)
+
+
+def test_known_bound_gives_the_same_codes_without_reading_scores_back(monkeypatch):
+    """Suave's cosine scores are within [-1, 1]: ``bound=1`` shifts by the bound and picks the
+    domain from 2 / eps, with no reduction over the scores and no read-back to the host."""
+    scores = cosine_scores(96, 20, seed=14)
+    for eps in (0.05, 0.03, 0.01):  # 2 / eps = 40 (plain), 67 and 200 (log)
+        free = sinkhorn_knopp(scores, eps, 3)
+        reads = []
+
+        def counting(name, original, reads=reads):
+            return lambda self, *a: reads.append(name) or original(self, *a)
+
+        for name in ("item", "__float__", "__bool__", "tolist"):
+            monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+        bounded = sinkhorn_knopp(scores, eps, 3, bound=1.0)
+        monkeypatch.undo()
+        if 2 / eps <= 50:
+            assert reads == [], reads  # the log domain reads its global batch size back
+        assert torch.isfinite(bounded).all()
+        ref = reference_sinkhorn(scores.numpy(), eps, 3)
+        # float32 (s - shift) / eps carries ~1e-6 relative error at eps 0.01, in every mode
+        atol = 1e-6 if eps > 0.02 else 2e-6
+        np.testing.assert_allclose(bounded.numpy(), ref, rtol=0, atol=atol)
+        torch.testing.assert_close(bounded, free, atol=2 * atol, rtol=0)

@@ -180,3 +180,39 @@ def test_suave_switch_mode_trains_on_both_globals():
     out = method.training_step(random_multicrop_batch(), ctx())
     assert {"loss_labeled_mix", "loss_unlabeled_mix"} <= set(out.terms)
     assert math.isfinite(out.loss.item())
+
+
+def test_swapped_prediction_gradients_match_the_pairwise_formula():
+    """The batched loss (one log softmax per view, a dot per pair) has the pairwise gradients,
+    also from fp16/bf16 scores (computed in float32)."""
+    g = torch.Generator().manual_seed(3)
+    for dtype, atol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-3)):
+        base = [torch.randn(5, 7, generator=g).to(dtype) for _ in range(4)]
+        codes = {0: F.softmax(torch.randn(5, 7, generator=g), 1),
+                 2: F.softmax(torch.randn(5, 7, generator=g), 1)}  # fmt: skip
+        fast = [b.clone().requires_grad_() for b in base]
+        slow = [b.float().requires_grad_() for b in base]  # the pairwise formula in float32
+        swapped_prediction_loss(fast, codes, 0.1).backward()
+        manual = (
+            sum(
+                sum(soft_cross_entropy(slow[v] / 0.1, q) for v in range(4) if v != i) / 3
+                for i, q in codes.items()
+            )
+            / 2
+        )
+        manual.backward()
+        for a, b in zip(fast, slow):
+            assert a.grad.dtype == dtype
+            torch.testing.assert_close(a.grad.float(), b.grad, atol=atol, rtol=1e-2)
+
+
+def test_queue_count_is_read_again_after_a_state_load():
+    queue = EmbeddingQueue(2, 8, 4)
+    queue.push([F.normalize(torch.randn(3, 4), dim=1)] * 2)
+    assert queue.count() == 3 and queue.get(0).shape == (3, 4)
+    fresh = EmbeddingQueue(2, 8, 4)
+    assert fresh.count() == 0
+    fresh.load_state_dict(queue.state_dict())  # e.g. --resume
+    assert fresh.count() == 3 and int(fresh.filled) == 3
+    fresh.push([torch.zeros(6, 4)] * 2)
+    assert fresh.count() == 8 and int(fresh.filled) == 8
