@@ -90,6 +90,23 @@ def plot_accuracy(epoch_csv: Path, out: Path) -> Path | None:
     return out
 
 
+def val_top1_per_epoch(epoch_csv: Path) -> list[tuple[int, float]]:
+    """(epochs completed, val_top1) of every evaluated epoch of a run."""
+    columns = read_columns(epoch_csv)
+    epoch_of = dict(columns.get("epoch", []))
+    return [(int(epoch_of.get(x, x)) + 1, y) for x, y in columns.get("val_top1", [])]
+
+
+def plot_comparison(curves: dict[str, list[tuple[int, float]]], title: str, out: Path) -> Path:
+    """Validation top-1 per epoch of several runs on one chart (the demo: method vs baseline)."""
+    fig, ax = _figure(title, "epoch", "validation top-1 (%)")
+    for label, points in curves.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], label=label, marker="o")
+    ax.legend()
+    fig.savefig(out)
+    return out
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write ``loss.png`` and ``accuracy.png`` into ``run_dir`` (each only if it has data)."""
     run_dir = Path(run_dir)
