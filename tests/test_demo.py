@@ -11,8 +11,8 @@ from tests.helpers import run_entry
 TINY = [
     "data.num_workers=0", "data.global_size=16", "data.local_size=8", "data.labeled_size=16",
     "data.eval_size=16", "data.labels_per_class=2", "train.epochs=2",
-    "train.batch_size_unlabeled=16", "train.batch_size_labeled=8", "train.eval_batch_size=64", "train.checkpoint_every_steps=0",
-    "log.print_every=5",
+    "train.batch_size_unlabeled=16", "train.batch_size_labeled=8", "train.eval_batch_size=64",
+    "train.checkpoint_every_steps=0", "log.print_every=5",
 ]  # fmt: skip
 
 
