@@ -146,6 +146,26 @@ def draw_accuracies(ax, runs: list[RunData]) -> bool:
     return drawn
 
 
+def val_top1_per_epoch(epoch_csv: Path) -> list[tuple[int, float]]:
+    """(epochs completed, val_top1) of every evaluated epoch of a run."""
+    columns = read_columns(epoch_csv)
+    epoch_of = dict(columns.get("epoch", []))
+    return [(int(epoch_of.get(x, x)) + 1, y) for x, y in columns.get("val_top1", [])]
+
+
+def plot_comparison(curves: dict[str, list[tuple[int, float]]], title: str, out: Path) -> Path:
+    """Validation top-1 per epoch of several runs on one chart (the demo: method vs baseline)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=100, layout="constrained")
+    ax = _axes(fig, title, "epoch", "validation top-1 (%)")
+    for label, points in curves.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], label=label, marker="o")
+    ax.legend()
+    fig.savefig(out)
+    return out
+
+
 def plot_runs(run_dirs, output: str | Path | None = None, smoothing: float = 0.9):
     """All runs on one figure (loss terms, lr, accuracy panels); returns the matplotlib Figure
     and writes it to ``output`` when given."""

@@ -149,6 +149,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def write_labeled_list(data, path: Path) -> None:
+    """One line per labeled training image (class/file name): two runs that claim the same
+    labels can be compared file by file (the demo's baseline and method, for instance)."""
+    source = data.loader.dataset.source
+    lines = [f"{source.classes[source.targets[i]]}/{source.names[i]}" for i in
+             sorted(int(i) for i in data.labeled_indices)]  # fmt: skip
+    path.write_text("".join(line + "\n" for line in lines))
+
+
 def train_main(
     argv: list[str] | None,
     config_cls,
@@ -190,6 +199,7 @@ def train_main(
             try:
                 (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                 save_config(cfg, run_dir / "config.yaml")
+                write_labeled_list(data, run_dir / "labeled.txt")
             except OSError as err:  # read-only or full disk: say so, in one line
                 raise UserError(f"cannot write run directory {run_dir}: {err}") from None
         started = True

@@ -19,6 +19,7 @@ from torch import nn
 from common.errors import UserError
 from common.losses import labeled_loss
 from common.method import Method, StepContext, StepOutput
+from common.models.dino_head import DINOHead
 from common.models.factory import build_backbone
 from common.models.heads import Prototypes, build_projector
 from common.run_config import RunConfig
@@ -26,9 +27,15 @@ from common.run_config import RunConfig
 
 @dataclass
 class SupervisedConfig:
-    head: Literal["prototypes", "linear"] = "prototypes"
+    # "dino": Daino's head (MLP -> L2 -> weight-normalised K-way layer), the baseline for Daino
+    head: Literal["prototypes", "linear", "dino"] = "prototypes"
     projector_hidden_dim: int = 2048  # prototypes head only (as suave.projector_hidden_dim)
     embed_dim: int = 128
+    head_hidden_dim: int = 2048  # dino head only (as daino.head_*)
+    head_bottleneck_dim: int = 256
+    head_layers: int = 3
+    head_use_bn: bool = False
+    norm_last_layer: bool = False
     temperature: float = 0.1  # prototypes head: logits = cosine / temperature
     label_smoothing: float = 0.01
 
@@ -47,13 +54,19 @@ class SupervisedRunConfig(RunConfig):
 
 
 class PrototypeClassifier(nn.Module):
-    """Backbone -> projector -> L2-normalise -> prototypes (Suave's network), or -> Linear."""
+    """Backbone -> projector -> L2-normalise -> prototypes (Suave's network), -> Daino's head,
+    or -> Linear."""
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: SupervisedConfig, classes: int):
         super().__init__()
         self.backbone = backbone
         self.use_prototypes = cfg.head == "prototypes"
-        if self.use_prototypes:
+        self.dino_head = None
+        if cfg.head == "dino":
+            self.dino_head = DINOHead(feat_dim, classes, cfg.head_hidden_dim,
+                                      cfg.head_bottleneck_dim, cfg.head_layers, cfg.head_use_bn,
+                                      cfg.norm_last_layer)  # fmt: skip
+        elif self.use_prototypes:
             self.projector = build_projector(feat_dim, cfg.projector_hidden_dim, cfg.embed_dim)
             self.prototypes = Prototypes(cfg.embed_dim or feat_dim, classes)
         else:
@@ -61,6 +74,8 @@ class PrototypeClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(images)
+        if self.dino_head is not None:
+            return self.dino_head(feats)
         if not self.use_prototypes:
             return self.linear(feats)
         return self.prototypes(F.normalize(self.projector(feats), dim=1))
@@ -77,8 +92,10 @@ class Supervised(Method):
             cfg.model.backbone, cfg.model.drop_path, weights=cfg.model.timm_weights
         )
         self.net = PrototypeClassifier(backbone, feat_dim, self.scfg, num_classes)
-        # Cosine scores need the temperature; a linear head's logits are used as they are.
-        self.logit_scale = 1.0 / self.scfg.temperature if self.net.use_prototypes else 1.0
+        # Cosine(-like) scores need the temperature (Daino divides by its student temperature);
+        # a linear head's logits are used as they are.
+        cosine = self.scfg.head != "linear"
+        self.logit_scale = 1.0 / self.scfg.temperature if cosine else 1.0
 
     @property
     def trainable(self) -> nn.Module:

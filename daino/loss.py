@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import dist
-from common.losses import soft_cross_entropy, weighted_total
+from common.losses import balanced_total, soft_cross_entropy
 
 
 def teacher_temperature_schedule(
@@ -103,17 +103,17 @@ def combine_losses(
     num_crops: int,
     loss_labeled: torch.Tensor | None = None,
     batch_labeled: int = 0,
+    labeled_share: float = 0.0,
 ) -> torch.Tensor:
     """Total loss = per-sample mean over every image the student sees in the step.
 
     Unlabeled crops count ``batch_unlabeled * num_crops`` samples, labeled images
     ``batch_labeled``, as in Suave, so both methods weigh labels the same way and the balance
-    follows the batch sizes of the recipe instead of an extra hyper-parameter.
+    follows the batch sizes of the recipe; ``labeled_share`` > 0 fixes the labeled share instead
+    (``common.losses.balanced_total``).
     """
-    terms = [(loss_unlabeled, batch_unlabeled * num_crops)]
-    if loss_labeled is not None and batch_labeled > 0:
-        terms.append((loss_labeled, batch_labeled))
-    return weighted_total(terms)
+    labeled = [(loss_labeled, batch_labeled)] if loss_labeled is not None and batch_labeled else []
+    return balanced_total(labeled, [(loss_unlabeled, batch_unlabeled * num_crops)], labeled_share)
 
 
 class DainoLoss(nn.Module):

@@ -18,7 +18,13 @@ from torch import nn
 
 from common.checkpoint import load_partial, open_init_checkpoint, select_weights
 from common.errors import UserError
-from common.losses import labeled_loss, smoothed_one_hot, soft_cross_entropy, weighted_total
+from common.losses import (
+    balanced_total,
+    labeled_loss,
+    smoothed_one_hot,
+    soft_cross_entropy,
+    target_stats,
+)
 from common.method import Method, StepContext, StepOutput
 from common.mixup import batch_permutation, mix
 from common.models.dino_head import DINOHead, cancel_last_layer_gradients
@@ -67,8 +73,12 @@ class DainoConfig:
     # output, the head's last hidden layer and its bottleneck (before the L2 norm), trained on
     # the labeled batch, reported at every validation; never in the method's gradients
     online_heads: bool = False
+    # 0: per-sample weighting (paper); else the labeled terms' share of the loss (see Suave's)
+    labeled_share: float = 0.0
 
     def validate(self) -> None:
+        if not 0 <= self.labeled_share < 1:
+            raise UserError("daino.labeled_share must be in [0, 1) (0: per-sample weighting)")
         if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
             raise UserError("daino.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
         if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
@@ -238,21 +248,20 @@ class Daino(Method):
             loss_lab = labeled_loss(lab_logits, batch["labels"], self.dcfg.student_temp,
                                     self.dcfg.label_smoothing)  # fmt: skip
             terms["loss_labeled"] = loss_lab
-        total = combine_losses(loss_unl, b_u, n_crops, loss_lab, b_l)
+        total = combine_losses(loss_unl, b_u, n_crops, loss_lab, b_l, d.labeled_share)
         if mix_lab:
             y = smoothed_one_hot(batch["labels"], self.num_classes, d.label_smoothing)
             target = lab_lam * y + (1 - lab_lam) * y[lab_perm]
             loss_mix = soft_cross_entropy(logits[b_l:n_lab].float() / d.student_temp, target)
             terms["loss_labeled_mix"] = loss_mix
-            total = weighted_total([(loss_unl, b_u * n_crops), (loss_lab, b_l), (loss_mix, b_l)])
+            total = balanced_total([(loss_lab, b_l), (loss_mix, b_l)], [(loss_unl, b_u * n_crops)],
+                                   d.labeled_share)  # fmt: skip
 
-        with torch.no_grad():
-            p = torch.cat(probs)
-            entropy = -(p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
         metrics = {
             "teacher_temp": self.loss.teacher_temperature(ctx.epoch),
             "teacher_momentum": float(self.momentum_schedule[ctx.step]),
-            "target_entropy": entropy,  # tensors: read back on logging steps only
+            # entropy, prototypes used, top probability: tensors, read back on logging steps only
+            **target_stats(torch.cat(probs)),
         }
         if b_l:
             pred = lab_logits.detach().argmax(dim=1)
