@@ -26,7 +26,8 @@ SCRIPT = ROOT / "scripts" / "slurm_local_cluster.sh"
 TINY_DATA = ROOT.parent / "shared" / "data" / "cifar10-mini"
 
 # A stand-in for main_<method>.py: reports what Slurm gave this task, and on SIGUSR1 (what the
-# batch script's --signal sends) rank 0 requeues the job, as the real entry points do.
+# batch script's --signal sends) rank 0 requeues the job, as the real entry points do. The
+# override train.seed=17 (a real config key: the launcher validates keys) asks it to wait.
 STAND_IN = """
 import json, os, signal, subprocess, sys, time
 keys = ["SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS", "MASTER_ADDR",
@@ -34,7 +35,7 @@ keys = ["SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS",
 info = {k: os.environ.get(k) for k in keys}
 info["argv"] = sys.argv[1:]
 print("TASK " + json.dumps(info), flush=True)
-if "wait_signal=1" in sys.argv and not os.environ.get("SLURM_RESTART_COUNT"):
+if "train.seed=17" in sys.argv and not os.environ.get("SLURM_RESTART_COUNT"):
     def on_usr1(signum, frame):
         print("USR1 rank " + os.environ["SLURM_PROCID"], flush=True)
         if os.environ["SLURM_PROCID"] == "0":
@@ -131,7 +132,7 @@ def test_usr1_requeue_restarts_job(cluster, stand_in_repo, tmp_path, capsys):
     recipe = str(stand_in_repo / "recipe.sh")
     job = submit(capsys, ["--mode", "slurm", "--method", "suave", "--num_procs", "2",
                           "--script_file", recipe, "--output_dir", str(runs), "--name", "requeue",
-                          "wait_signal=1"])  # fmt: skip
+                          "train.seed=17"])  # fmt: skip
     log = runs / "requeue" / "slurm" / f"{job}.out"
     wait_for(lambda: log.exists() and log.read_text().count("READY") == 2, 30, "2 ready tasks")
     # What Slurm does at --signal=USR1@<s>, without waiting for the time limit to approach.
