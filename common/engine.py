@@ -429,13 +429,16 @@ class Trainer:
         return row
 
     def fit(self) -> dict:
-        """Train to the last step; on any exception stop the loader workers before raising."""
+        """Train to the last step, then (or on any exception, before it propagates) stop the
+        loader workers: left to interpreter exit, their shutdown can hang a finished process
+        (seen as a Slurm task that never ended after its run had finished)."""
         self._iterator = None
         try:
             return self._fit()
-        except BaseException:
+        finally:
             stop_workers(self.data.loader, self._iterator)  # exit promptly, never hang
-            raise
+            if self.val_loader is not None:
+                stop_workers(self.val_loader)
 
     def _fit(self) -> dict:
         cfg = self.cfg
