@@ -190,6 +190,18 @@ def head_names(model) -> list[str]:
     return model.module["heads"].names
 
 
+def classifier_results(model, loader, device: torch.device, amp) -> dict:
+    """The prototype classifier and the run's online linear heads (``head_<name>``), in one pass
+    over the validation images."""
+    if model.heads is None:
+        return {"prototype": evaluate_classifier(model.classify, loader, device, amp)}
+    names = ["prototype", *head_names(model)]
+    found = evaluate_classifiers(
+        lambda x: {"prototype": model.classify(x), **model.heads(x)}, names, loader, device, amp
+    )
+    return {name if name == "prototype" else f"head_{name}": res for name, res in found.items()}
+
+
 def result_rows(results: dict) -> list[dict]:
     rows = []
     heads = [k for k in results if k.startswith("head_")]
@@ -291,11 +303,7 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
             results["prototype"] = (f"n/a: {model.num_prototypes} prototypes but "
                                     f"{len(classes)} classes in {where}")  # fmt: skip
         else:
-            results["prototype"] = evaluate_classifier(model.classify, val_loader, device, amp)
-            if model.heads is not None:  # the run's online linear heads, in the same pass
-                found = evaluate_classifiers(model.heads, head_names(model), val_loader, device,
-                                             amp)  # fmt: skip
-                results.update({f"head_{name}": res for name, res in found.items()})
+            results.update(classifier_results(model, val_loader, device, amp))
     if not {"knn", "linear"} & set(args.evaluators):
         return results
     train_f, train_y = extract_features(model.features, train_loader, device, amp)
