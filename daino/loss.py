@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import dist
-from common.losses import balanced_total, soft_cross_entropy
+from common.losses import soft_cross_entropy
 
 
 def teacher_temperature_schedule(
@@ -95,25 +95,6 @@ def batch_center(teacher_logits: torch.Tensor) -> torch.Tensor:
     stats = torch.cat([logits.sum(dim=0), logits.new_tensor([float(logits.shape[0])])])
     dist.all_reduce_(stats)
     return (stats[:-1] / stats[-1]).unsqueeze(0)
-
-
-def combine_losses(
-    loss_unlabeled: torch.Tensor,
-    batch_unlabeled: int,
-    num_crops: int,
-    loss_labeled: torch.Tensor | None = None,
-    batch_labeled: int = 0,
-    labeled_share: float = 0.0,
-) -> torch.Tensor:
-    """Total loss = per-sample mean over every image the student sees in the step.
-
-    Unlabeled crops count ``batch_unlabeled * num_crops`` samples, labeled images
-    ``batch_labeled``, as in Suave, so both methods weigh labels the same way and the balance
-    follows the batch sizes of the recipe; ``labeled_share`` > 0 fixes the labeled share instead
-    (``common.losses.balanced_total``).
-    """
-    labeled = [(loss_labeled, batch_labeled)] if loss_labeled is not None and batch_labeled else []
-    return balanced_total(labeled, [(loss_unlabeled, batch_unlabeled * num_crops)], labeled_share)
 
 
 class DainoLoss(nn.Module):

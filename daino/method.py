@@ -36,7 +36,7 @@ from common.models.sync_bn import convert_sync_batchnorm
 from common.optim import OptimConfig
 from common.run_config import RunConfig
 from common.schedules import cosine_schedule
-from daino.loss import DainoLoss, combine_losses
+from daino.loss import DainoLoss
 
 log = logging.getLogger(__name__)
 
@@ -243,19 +243,20 @@ class Daino(Method):
 
         loss_unl, probs = self.loss(student, teacher, ctx.epoch)
         terms = {"loss_unlabeled": loss_unl}
-        loss_lab = None
+        lab_terms = []  # (loss, samples): weighed against the unlabeled crops as in Suave
         if b_l:
             loss_lab = labeled_loss(lab_logits, batch["labels"], self.dcfg.student_temp,
                                     self.dcfg.label_smoothing)  # fmt: skip
             terms["loss_labeled"] = loss_lab
-        total = combine_losses(loss_unl, b_u, n_crops, loss_lab, b_l, d.labeled_share)
+            lab_terms.append((loss_lab, b_l))
         if mix_lab:
             y = smoothed_one_hot(batch["labels"], self.num_classes, d.label_smoothing)
             target = lab_lam * y + (1 - lab_lam) * y[lab_perm]
             loss_mix = soft_cross_entropy(logits[b_l:n_lab].float() / d.student_temp, target)
             terms["loss_labeled_mix"] = loss_mix
-            total = balanced_total([(loss_lab, b_l), (loss_mix, b_l)], [(loss_unl, b_u * n_crops)],
-                                   d.labeled_share)  # fmt: skip
+            lab_terms.append((loss_mix, b_l))
+        # per-sample mean over every image the student sees (or labeled_share for the labels)
+        total = balanced_total(lab_terms, [(loss_unl, b_u * n_crops)], d.labeled_share)
 
         metrics = {
             "teacher_temp": self.loss.teacher_temperature(ctx.epoch),

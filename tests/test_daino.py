@@ -11,13 +11,13 @@ import torch
 
 from common.config import load_config
 from common.errors import UserError
+from common.losses import balanced_total
 from common.method import StepContext
 from common.models.ema import ema_update_
 from daino.loss import (
     DainoLoss,
     _dino_cross_view_loss_loop,
     batch_center,
-    combine_losses,
     dino_cross_view_loss,
     teacher_probabilities,
     teacher_temperature_schedule,
@@ -144,8 +144,8 @@ def test_pure_pieces_edge_cases():
         dino_cross_view_loss([logits], [p], 0.1)  # one crop has no other view to predict
     a, b = torch.tensor(2.0), torch.tensor(5.0)
     # 4 unlabeled images x 10 crops = 40 samples, 10 labeled
-    assert combine_losses(a, 4, 10, b, 10).item() == pytest.approx((2 * 40 + 5 * 10) / 50)
-    assert combine_losses(a, 4, 10).item() == pytest.approx(2.0)
+    assert balanced_total([(b, 10)], [(a, 4 * 10)]).item() == pytest.approx((2 * 40 + 5 * 10) / 50)
+    assert balanced_total([], [(a, 4 * 10)]).item() == pytest.approx(2.0)
 
 
 # ------------------------------------------------------------------------ teacher / student
