@@ -21,7 +21,8 @@ from common.errors import UserError
 
 log = logging.getLogger(__name__)
 TIMM_PREFIX = "timm:"
-_HUB = re.compile(r"^(hf[-_]hub:|https?://|local-dir:)|/")  # weights from elsewhere than a file
+_REMOTE = r"^(hf[-_]hub:|https?://|local-dir:)"  # weights from elsewhere than a local file
+_HUB = re.compile(_REMOTE + "|/")  # in a model name: a hub id or a URL
 
 
 def import_timm():
@@ -177,7 +178,7 @@ class ModelConfig:
         if self.timm_weights:
             if not self.backbone.startswith(TIMM_PREFIX):
                 raise UserError("model.timm_weights is for model.backbone=timm:<name> backbones")
-            if re.match(r"(hf[-_]hub:|https?://|local-dir:)", self.timm_weights):
+            if re.match(_REMOTE, self.timm_weights):
                 raise UserError(
                     f"model.timm_weights={self.timm_weights} is not a local file; nothing is "
                     "downloaded"
