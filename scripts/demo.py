@@ -1,10 +1,12 @@
 """The demo: a method and the supervised-only baseline on the same labels, backbone and steps.
 
-  python scripts/demo.py [--method suave|daino] [--name NAME] [--output_dir runs] [a.b=c ...]
+  python scripts/demo.py [--method suave|daino] [--config YAML] [--name NAME]
+                        [--output_dir runs] [a.b=c ...]
 
-Reads the method's CPU recipe (``<method>/configs/cpu_demo.yaml``) and derives the baseline from
-it: same data, labeled split and labeled views, backbone, classifier head, optimiser, schedule,
-seed and number of steps; only the unlabeled loss is missing (and so are the local crops only it
+Reads the method's recipe (``--config``; default ``<method>/configs/cpu_demo.yaml``; demo.sh
+passes ``suave/configs/demo_cifar10.yaml``) and derives the baseline from it: same data,
+labeled split and labeled views, backbone, classifier head, optimiser, schedule, seed and number
+of steps; only the unlabeled loss is missing (and so are the local crops only it
 would use). Both runs evaluate on ``val/`` every epoch; ``<output_dir>/<name>/accuracy.png``
 shows both curves. The last three lines printed are the two accuracies and the gap, read from
 each run's ``summary.json``. Overrides apply to both runs (``suave.``/``daino.`` ones to the
