@@ -221,6 +221,10 @@ def train_main(
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             if wandb_logger:
                 wandb_logger.finish()
+        # Leave together: rank 0 writes plots and the summary after the last collective; a rank
+        # that tore its process group down meanwhile was seen to hang at exit under Slurm once
+        # rank 0 (the rendezvous store's host) had gone.
+        dist.barrier()
         return summary
     except RuntimeError as err:
         if info.world_size > 1 and dist.is_comm_failure(err):
