@@ -242,6 +242,90 @@ def profile(benches: list[MethodBench], steps: int, device: torch.device) -> Non
             benchlib.synchronize(device)
         print(f"\n=== profile: {bench.name}, {steps} steps, top ops by {sort} ===")
         print(prof.key_averages().table(sort_by=sort, row_limit=18))
+    if device.type == "cpu":
+        for bench in benches:
+            phase_breakdown(bench, steps)
+
+
+_PHASE = "phase: "
+
+
+def _label(obj, attr: str, name: str) -> None:
+    """Wrap ``obj.attr`` (an instance's method) in a profiler range named ``name``."""
+    from torch.profiler import record_function
+
+    fn = getattr(obj, attr)
+
+    def wrapped(*args, **kwargs):
+        with record_function(_PHASE + name):
+            return fn(*args, **kwargs)
+
+    setattr(obj, attr, wrapped)
+
+
+def phase_breakdown(bench: MethodBench, steps: int) -> dict[str, float]:
+    """Self CPU time of a step by phase (CPU only): where the step spends beyond the backbone.
+
+    Forward ops belong to the innermost labelled range they run in (a network's forward minus
+    its backbone's is its head); backward ops to the forward op that recorded them (profiler
+    sequence numbers), so "head (backward)" is the head's gradient work. Gradient accumulation
+    and anything unlabelled is "engine and method glue".
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    m, trainer = bench.method, bench.trainer
+    _label(m.trainable.backbone, "forward", "backbone")
+    _label(m.trainable, "forward", "head")  # the rest of the trainable network's forward
+    teacher = getattr(m, "teacher", None) or getattr(m, "ema", None)
+    if teacher is not None:
+        _label(teacher.backbone, "forward", "teacher backbone")
+        _label(teacher, "forward", "teacher head")
+    _label(m, "training_step", "losses, targets, metrics")
+    _label(trainer.optimizer, "step", "optimiser")
+    _label(trainer.optimizer, "zero_grad", "optimiser")
+    _label(m, "after_optimizer_step", "after step (EMA / prototype norm)")
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            bench.train_step()
+    events = prof.events()
+
+    def context(ev):
+        """(innermost phase label, enclosing backward function event or None)."""
+        phase = backward = None
+        while ev is not None:
+            if phase is None and ev.name.startswith(_PHASE):
+                phase = ev.name[len(_PHASE) :]
+            if backward is None and ev.name.startswith("autograd::engine::evaluate_function"):
+                backward = ev
+            ev = ev.cpu_parent
+        return phase, backward
+
+    # An op that records no graph node (no_grad, inputs without gradients) carries the number
+    # the next node will get: the last forward op seen with a number is the node's own.
+    forward_phase = {}
+    for ev in events:
+        phase, backward = context(ev)
+        if backward is None and phase is not None and ev.sequence_nr >= 0:
+            forward_phase[ev.sequence_nr] = phase
+    totals: dict[str, float] = {}
+    for ev in events:
+        if ev.name.startswith(_PHASE):
+            continue
+        phase, backward = context(ev)
+        if backward is not None:
+            source = forward_phase.get(backward.sequence_nr)
+            phase = f"{source} (backward)" if source else None
+        name = phase or "engine and method glue"
+        totals[name] = totals.get(name, 0.0) + ev.self_cpu_time_total / 1e3 / steps
+    step = sum(totals.values())
+    backbone = sum(v for k, v in totals.items() if "backbone" in k)
+    print(f"\n=== {bench.name}: self CPU time by phase, {steps} steps (ms per step) ===")
+    for name, ms in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"{name:40s} {ms:9.2f} ms {100 * ms / step:6.2f}% of the step "
+              f"{100 * ms / backbone:6.2f}% of the backbones")  # fmt: skip
+    print(f"{'step':40s} {step:9.2f} ms (backbones, student and teacher: {backbone:.2f} ms)")
+    return totals
 
 
 def main(argv=None) -> dict:

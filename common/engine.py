@@ -71,6 +71,10 @@ class TrainConfig:
     eval_every_epochs: int = 1
     eval_batch_size: int = 256
     dist_timeout_s: float = 1800.0
+    # several processes: the preemption flag is all-reduced (a collective and a host sync) every
+    # N steps and at every step that logs, saves or ends an epoch; N x step time must stay well
+    # under the signal's lead time (the launcher's --signal_seconds, 120 s)
+    preempt_check_every: int = 10
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -81,6 +85,8 @@ class TrainConfig:
             raise UserError("train.max_steps/checkpoint_every_steps >= 0, keep_checkpoints >= 1")
         if self.eval_batch_size < 1 or self.dist_timeout_s <= 0:
             raise UserError("train.eval_batch_size must be >= 1 and train.dist_timeout_s > 0")
+        if self.preempt_check_every < 1:
+            raise UserError("train.preempt_check_every must be >= 1")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # not silently the CPU
             raise UserError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -92,12 +98,14 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 def fault_injection_hook(step: int) -> None:
     """Test-only fault injection, off unless ``SUAVEDAINO_TEST_KILL_AT_STEP=<step>[:<rank>]`` is
     set: the process (or only that rank) SIGKILLs itself once ``step`` steps and their checkpoints
-    are done, like a crashed node. The resume and distributed-fault tests rely on it."""
-    spec = os.environ.get("SUAVEDAINO_TEST_KILL_AT_STEP")
-    if spec:
-        at, _, who = spec.partition(":")
-        if step == int(at) and (not who or int(who) == dist.rank()):
-            os.kill(os.getpid(), signal.SIGKILL)
+    are done, like a crashed node. The resume and distributed-fault tests rely on it.
+    ``SUAVEDAINO_TEST_USR1_AT_STEP`` sends SIGUSR1 instead (a preemption signal)."""
+    for var, sig in (("KILL", signal.SIGKILL), ("USR1", signal.SIGUSR1)):
+        spec = os.environ.get(f"SUAVEDAINO_TEST_{var}_AT_STEP")
+        if spec:
+            at, _, who = spec.partition(":")
+            if step == int(at) and (not who or int(who) == dist.rank()):
+                os.kill(os.getpid(), sig)
 
 
 def autocast_context(precision: str, device: torch.device):
@@ -328,13 +336,16 @@ class Trainer:
         pending, self._pending_finite = self._pending_finite, []
         raise_first_non_finite(pending, self.world, self._stable_advice)
 
-    def _preemption_requested(self) -> bool:
+    def _preemption_requested(self, step: int, boundary: bool) -> bool:
+        """Whether any rank got the signal. With several processes, only at ``boundary`` steps
+        (log, save, epoch end) and every ``train.preempt_check_every`` steps, which all ranks
+        reach together: elsewhere no rank looks, so none stops alone."""
         if self.world == 1:
             return bool(self.preempt.requested)  # a Python flag: no tensor, no sync
-        flag = torch.tensor([1.0 if self.preempt.requested else 0.0])
-        if self.world > 1:
-            flag = flag.to(self.device)
-            dist.all_reduce_(flag, "max")
+        if not boundary and step % self.cfg.preempt_check_every:
+            return False
+        flag = torch.tensor([1.0 if self.preempt.requested else 0.0]).to(self.device)
+        dist.all_reduce_(flag, "max")
         return bool(flag.item() > 0)
 
     def train_step(self, batch: dict, ctx: StepContext):
@@ -483,7 +494,9 @@ class Trainer:
                     self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), bad_images)
                     window_start, window_steps, waited = time.perf_counter(), 0, 0.0
                 tic = time.perf_counter()
-                if self._preemption_requested():
+                every = cfg.checkpoint_every_steps
+                boundary = log_now or step % self.spe == 0 or step >= last_step
+                if self._preemption_requested(step, boundary or bool(every and step % every == 0)):
                     self.save(step)
                     if dist.is_main():
                         requeue_slurm_job()
@@ -492,7 +505,6 @@ class Trainer:
                     bar.close()
                     return summary
                 epoch_done = step % self.spe == 0
-                every = cfg.checkpoint_every_steps
                 if (every and step % every == 0) and not (epoch_done or step == last_step):
                     self.save(step)
                 if step >= last_step or epoch_done:
