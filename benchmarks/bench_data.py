@@ -36,6 +36,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from common.data.device_aug import (
+    MAX_RADIUS,
     DeviceTransform,
     GeometricMultiCrop,
     ResidentTransform,
@@ -169,6 +170,11 @@ class DevicePath:
         self.resident = ResidentTransform(store, self.specs, cfg.labeled_spec(), mean, std)
         index = torch.arange(images, device=device) % len(store)
         self.index_batch = {"unlabeled": [index] * len(self.specs)}
+        self.kornia = kornia_views(self.specs, mean, std)
+
+    def run_kornia(self) -> None:
+        for view, aug in zip(self.batch["unlabeled"], self.kornia):
+            aug(view.float().div_(255))
 
     def run_resident(self) -> None:
         self.step += 1
@@ -201,6 +207,26 @@ class DevicePath:
         return run
 
 
+def kornia_views(specs, mean, std) -> list | None:
+    """kornia's batched equivalent of each view's photometric part, or None without kornia."""
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        return None
+    views = []
+    for s in specs:
+        radius = MAX_RADIUS  # ceil(3 sigma_max), the kernel our blur and PIL's truncate to
+        ops = [
+            K.ColorJitter(*s.jitter[:3], min(s.jitter[3], 0.5), p=s.jitter_prob),
+            K.RandomGrayscale(p=s.grayscale_prob),
+            K.RandomGaussianBlur((2 * radius + 1,) * 2, (0.1, 2.0), p=s.blur_prob),
+            K.RandomSolarize(0.0, 0.0, p=s.solarize_prob),
+            K.Normalize(torch.tensor(mean), torch.tensor(std)),
+        ]
+        views.append(torch.nn.Sequential(*[op for op in ops if getattr(op, "p", 1.0) > 0]))
+    return views
+
+
 def device_rates(cfg: DataConfig, source, images: int, reps: int, device) -> dict[str, float]:
     """Images/s of the device path's parts (one torch thread on a CPU)."""
     path = DevicePath(cfg, source, images, device)
@@ -211,6 +237,8 @@ def device_rates(cfg: DataConfig, source, images: int, reps: int, device) -> dic
         parts = {"geometric": path.run_geometric, "pil_photo": path.run_pil_photometric}
         worker = interleaved(parts, reps, cpu, warmup=1)
         photo = {m: path.runner(m) for m in path.transforms}
+        if path.kornia is not None:
+            photo["kornia"] = path.run_kornia
         photo = interleaved({**photo, "resident": path.run_resident}, reps, device, warmup=1)
     finally:
         torch.set_num_threads(threads)
@@ -286,6 +314,12 @@ def main(argv=None) -> dict:
             f"RATIO {name} photometric {device.type} fused/PIL = "
             f"{dev['fused'] / dev['pil_photo']:.2f} "
             f"(exact/PIL {dev['exact'] / dev['pil_photo']:.2f})",
+            *(
+                [f"RATIO {name} photometric {device.type} fused/kornia = "
+                 f"{dev['fused'] / dev['kornia']:.2f} (kornia/PIL "
+                 f"{dev['kornia'] / dev['pil_photo']:.2f})"]
+                if "kornia" in dev else []
+            ),  # fmt: skip
             f"RATIO {name} resident {device.type}/full worker = "
             f"{dev['resident'] / rates['ours']:.2f}",
             f"RATIO {name} worker geometric/full = {dev['geometric'] / rates['ours']:.2f} "
