@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from common import dist
+from common.accuracy import evaluate_classifiers
 from common.checkpoint import (
     STABLE,
     check_compatible,
@@ -35,7 +36,6 @@ from common.checkpoint import (
 from common.data.device_aug import aug_generator
 from common.data.loaders import stop_workers
 from common.errors import NonFiniteLossError, UserError
-from common.evaluation import evaluate_classifiers
 from common.logging_utils import MetricsCSV, WandbLogger
 from common.method import Method, StepContext
 from common.models.online_heads import head_param_groups, metric_names

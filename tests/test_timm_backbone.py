@@ -95,7 +95,7 @@ def test_suave_steps_on_real_images_with_a_timm_backbone(tmp_path, tiny_data):
     file; the checkpoint records the timm backbone and evaluation rebuilds it."""
     import main_suave
     from common.checkpoint import load_file
-    from common.eval.models import load_eval_model
+    from common.probes.networks import load_eval_model
     from tests.reliability_utils import SUAVE
 
     weights = tmp_path / "r10t.pth"

@@ -31,6 +31,7 @@ import torch
 
 import common  # noqa: F401  (torchvision compatibility shim)
 from common import dist
+from common.accuracy import evaluate_classifier, evaluate_classifiers
 from common.checkpoint import class_differences, load_file, max_abs_weight, weight_limit
 from common.data.loaders import EvalDataset
 from common.data.sources import build_source
@@ -38,10 +39,9 @@ from common.data.splits import labels_per_class_split
 from common.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from common.engine import autocast_context
 from common.errors import UserError, run_cli
-from common.eval import LinearProbeConfig, extract_features, knn_accuracy, linear_probe
-from common.eval.models import FORMATS, load_eval_model
-from common.evaluation import evaluate_classifier, evaluate_classifiers
 from common.logging_utils import log_into_run, setup_logging
+from common.probes import LinearProbeConfig, extract_features, knn_accuracy, linear_probe
+from common.probes.networks import FORMATS, load_eval_model
 
 log = logging.getLogger("evaluate")
 EVALUATORS = ("knn", "linear", "prototype")
