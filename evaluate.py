@@ -2,16 +2,15 @@
 
     python evaluate.py runs/suave_c100/checkpoints/last.pth
 
-Installed, the same command is ``suave-daino-eval``. Imported, this name *is*
-:mod:`common.probes.cli`.
+Installed, the same command is ``suave-daino-eval``. ``main`` is ``registry.evaluate``: the
+body in ``common/probes/cli.py`` with the registry's methods handed in.
 """
 
-import sys
-
 import common  # noqa: F401  (torchvision compatibility shim)
-from common.probes import cli as _evaluate
+from registry import evaluate as main
+from registry import evaluate_console
+
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    _evaluate.console()
-else:
-    sys.modules[__name__] = _evaluate
+    evaluate_console()

@@ -71,13 +71,11 @@ def run_config(method: str, args, device: torch.device):
     )  # fmt: skip
     sections = {"data": data, "model": {"backbone": args.backbone}, "train": train}
     if method == "suave":
-        from suave.method import SuaveRunConfig, build_suave
-
         sections["suave"] = {"queue_length": args.queue_length}
-        return from_dict(SuaveRunConfig, sections), build_suave
-    from daino.method import DainoRunConfig, build_daino
+    from registry import METHODS
 
-    return from_dict(DainoRunConfig, sections), build_daino
+    cls = METHODS[method]
+    return from_dict(cls.config_cls, sections), cls.build
 
 
 def synthetic_batch(cfg, num_classes: int, device: torch.device, channels_last: bool) -> dict:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from common.models.online_heads import OnlineHeads
+
+if TYPE_CHECKING:  # run_config imports the engine, which imports this contract
+    from common.run_config import RunConfig
 
 
 @dataclass
@@ -39,15 +44,49 @@ class StepOutput:
         return self.loss if self.extra_loss is None else self.loss + self.extra_loss
 
 
+@dataclass
+class EvalNetwork:
+    """A method's network as evaluation sees it, rebuilt from a checkpoint (``eval_network``)."""
+
+    module: nn.Module  # the evaluated network, weights loaded
+    features: Callable[[torch.Tensor], torch.Tensor]  # images -> backbone features
+    classify: Callable[[torch.Tensor], torch.Tensor]  # images -> prototype scores
+    num_prototypes: int
+    # asked for when the run had online heads: the network they were trained on (``module`` or
+    # another one) and images -> its features at the heads' depths
+    tapped: nn.Module | None = None
+    taps: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+
 class Method(nn.Module):
     """A method owns its networks, loss state (queue, center...) and the per-step logic.
 
     ``trainable`` is the module whose parameters the optimiser updates and that DDP wraps;
     everything else (teacher, queue, center) lives in buffers or frozen modules, so one
     ``state_dict`` captures the whole training state of the method.
+
+    The class also says what the rest of the project needs of the method without an instance:
+    its run config (``config_cls``), how a run builds it (``build``), where its checkpoint keeps
+    the evaluated backbone (``backbone_prefix``) and how evaluation rebuilds its network from
+    a checkpoint (``eval_network``). The registry above ``common/`` looks methods up by ``name``.
     """
 
     name = "method"
+    config_cls: ClassVar[type[RunConfig]]
+    backbone_prefix: ClassVar[str] = ""  # state-dict prefix of the backbone evaluation reads
+
+    @classmethod
+    def build(cls, cfg: RunConfig, num_classes: int, world_size: int) -> Method:
+        """The method of a run, its ``model.init`` weights loaded."""
+        raise NotImplementedError
+
+    @classmethod
+    def eval_network(
+        cls, cfg: RunConfig, ckpt: dict, path: str, with_taps: bool = False
+    ) -> EvalNetwork | None:
+        """The network evaluation probes, rebuilt from one of this method's checkpoints (never
+        the training state: queue, optimiser), or None when the method offers none."""
+        return None
 
     def __init__(self):
         super().__init__()

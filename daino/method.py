@@ -16,7 +16,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from common.checkpoint import load_partial, open_init_checkpoint, select_weights
+from common.checkpoint import (
+    load_partial,
+    load_state_strict,
+    open_init_checkpoint,
+    rows_of,
+    select_weights,
+)
 from common.errors import UserError
 from common.losses import (
     balanced_total,
@@ -25,7 +31,7 @@ from common.losses import (
     soft_cross_entropy,
     target_stats,
 )
-from common.method import Method, StepContext, StepOutput
+from common.method import EvalNetwork, Method, StepContext, StepOutput
 from common.mixup import batch_permutation, mix
 from common.models.dino_head import DINOHead, cancel_last_layer_gradients
 from common.models.ema import ema_update_
@@ -148,6 +154,8 @@ class DainoNetwork(nn.Module):
 
 class Daino(Method):
     name = "daino"
+    config_cls = DainoRunConfig
+    backbone_prefix = "teacher.backbone."  # evaluated and validated: the teacher, as in DINO
 
     def __init__(self, cfg: DainoRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
@@ -180,6 +188,36 @@ class Daino(Method):
             self.online_heads = OnlineHeads(self.student.tap_dims, num_classes)
 
     # ---------------------------------------------------------------- Method API
+    @classmethod
+    def build(cls, cfg: DainoRunConfig, num_classes: int, world_size: int) -> Daino:
+        method = cls(cfg, num_classes, world_size)
+        if cfg.model.init:
+            method.initialize_from(cfg.model.init, cfg.model.init_format)
+        return method
+
+    @classmethod
+    def eval_network(
+        cls, cfg: DainoRunConfig, ckpt: dict, path: str, with_taps: bool = False
+    ) -> EvalNetwork:
+        """The teacher; the online heads were trained on the student's features, so
+        ``with_taps`` rebuilds the student as well."""
+        key = "teacher.head.last_layer.parametrizations.weight.original1"
+        num_protos = rows_of(ckpt, key, path, cls.name)
+
+        def network(prefix: str) -> DainoNetwork:
+            backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
+            net = DainoNetwork(backbone, feat_dim, cfg.daino, num_protos)
+            what = "daino network" if prefix == "teacher." else "student"
+            load_state_strict(net, select_weights(ckpt, {prefix: ""}), path, what)
+            return net
+
+        teacher = network("teacher.")
+        out = EvalNetwork(teacher, teacher.backbone, lambda x: teacher([x]), num_protos)
+        if with_taps:
+            student = network("student.")
+            out.tapped, out.taps = student, lambda x: student([x], with_taps=True)[1]
+        return out
+
     @property
     def trainable(self) -> nn.Module:
         return self.student
@@ -316,7 +354,9 @@ class Daino(Method):
                 log.info("checkpoint %s has another number of outputs: its last layer and "
                          "center are not loaded", path)  # fmt: skip
         elif method == "suave":  # a Suave backbone starts both networks; heads stay fresh
-            sources = {net: {"net.backbone.": "backbone."} for net in ("student", "teacher")}
+            from suave.method import Suave  # where its checkpoints keep the backbone
+
+            sources = {net: {Suave.backbone_prefix: "backbone."} for net in ("student", "teacher")}
         else:
             raise UserError(f"checkpoint {path} is a {method!r} checkpoint, not Daino or Suave")
         for net_name, prefixes in sources.items():
@@ -340,8 +380,4 @@ class Daino(Method):
             self.online_heads.load_matching(ckpt, path)
 
 
-def build_daino(cfg: DainoRunConfig, num_classes: int, world_size: int) -> Daino:
-    method = Daino(cfg, num_classes, world_size)
-    if cfg.model.init:
-        method.initialize_from(cfg.model.init, cfg.model.init_format)
-    return method
+build_daino = Daino.build  # the builder ``train_main`` and the tests call

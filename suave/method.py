@@ -17,7 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import load_partial, open_init_checkpoint, select_weights
+from common.checkpoint import (
+    load_partial,
+    load_state_strict,
+    open_init_checkpoint,
+    rows_of,
+    select_weights,
+)
 from common.errors import UserError
 from common.losses import (
     balanced_total,
@@ -26,7 +32,7 @@ from common.losses import (
     soft_cross_entropy,
     target_stats,
 )
-from common.method import Method, StepContext, StepOutput
+from common.method import EvalNetwork, Method, StepContext, StepOutput
 from common.mixup import batch_permutation, mix
 from common.models.ema import ema_update_
 from common.models.factory import build_backbone
@@ -146,6 +152,8 @@ class SuaveNetwork(nn.Module):
 
 class Suave(Method):
     name = "suave"
+    config_cls = SuaveRunConfig
+    backbone_prefix = "net.backbone."
 
     def __init__(self, cfg: SuaveRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
@@ -180,6 +188,27 @@ class Suave(Method):
         return length // world_size
 
     # ---------------------------------------------------------------- Method API
+    @classmethod
+    def build(cls, cfg: SuaveRunConfig, num_classes: int, world_size: int) -> Suave:
+        method = cls(cfg, num_classes, world_size)
+        if cfg.model.init:
+            method.initialize_from(cfg.model.init, cfg.model.init_format, cfg.model.init_projector)
+        return method
+
+    @classmethod
+    def eval_network(
+        cls, cfg: SuaveRunConfig, ckpt: dict, path: str, with_taps: bool = False
+    ) -> EvalNetwork:
+        """``net`` (backbone, projector, prototypes); the online heads were trained on it too."""
+        num_protos = rows_of(ckpt, "net.prototypes.weight", path, cls.name)
+        backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
+        net = SuaveNetwork(backbone, feat_dim, cfg.suave, num_protos)
+        load_state_strict(net, select_weights(ckpt, {"net.": ""}), path, "suave network")
+        out = EvalNetwork(net, net.backbone, lambda x: net([x])[1], num_protos)
+        if with_taps:
+            out.tapped, out.taps = net, lambda x: net([x], with_taps=True)[2]
+        return out
+
     @property
     def trainable(self) -> nn.Module:
         return self.net
@@ -346,7 +375,7 @@ class Suave(Method):
             report = load_swav_backbone(self.net, path, load_projector=load_projector)
             log.info("initialised from SwAV checkpoint %s: %s", path, report)
         elif fmt == "ours":
-            prefixes = {"net.backbone.": "backbone."}
+            prefixes = {self.backbone_prefix: "backbone."}
             if load_projector:
                 prefixes["net.projector."] = "projector."
             if self.scfg.init_prototypes:
@@ -369,8 +398,4 @@ class Suave(Method):
             self.ema.load_state_dict(self.net.state_dict())
 
 
-def build_suave(cfg: SuaveRunConfig, num_classes: int, world_size: int) -> Suave:
-    method = Suave(cfg, num_classes, world_size)
-    if cfg.model.init:
-        method.initialize_from(cfg.model.init, cfg.model.init_format, cfg.model.init_projector)
-    return method
+build_suave = Suave.build  # the builder ``train_main`` and the tests call

@@ -83,6 +83,8 @@ class PrototypeClassifier(nn.Module):
 
 class Supervised(Method):
     name = "supervised"
+    config_cls = SupervisedRunConfig
+    backbone_prefix = "net.backbone."
 
     def __init__(self, cfg: SupervisedRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
@@ -96,6 +98,14 @@ class Supervised(Method):
         # a linear head's logits are used as they are.
         cosine = self.scfg.head != "linear"
         self.logit_scale = 1.0 / self.scfg.temperature if cosine else 1.0
+
+    @classmethod
+    def build(cls, cfg: SupervisedRunConfig, num_classes: int, world_size: int) -> Supervised:
+        if cfg.model.init:
+            raise UserError(
+                "the supervised baseline trains from scratch (model.init is not supported)"
+            )
+        return cls(cfg, num_classes, world_size)
 
     @property
     def trainable(self) -> nn.Module:
@@ -128,7 +138,4 @@ class Supervised(Method):
         return self.net.backbone(images)
 
 
-def build_supervised(cfg: SupervisedRunConfig, num_classes: int, world_size: int) -> Supervised:
-    if cfg.model.init:
-        raise UserError("the supervised baseline trains from scratch (model.init is not supported)")
-    return Supervised(cfg, num_classes, world_size)
+build_supervised = Supervised.build  # the builder ``train_main`` and the benchmarks call
