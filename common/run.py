@@ -166,9 +166,7 @@ def train_main(
 ) -> dict:
     """Parse, set up distributed + run dir + logging, build data/method, train. Returns summary."""
     args = parse_args(argv, description)
-    cfg = load_config(config_cls, args.config, args.overrides)
-    if cfg.data.labels_per_class == 0 and not cfg.data.label_list:
-        cfg.train.batch_size_labeled = 0  # zero labels: plain SwAV / DINO pre-training
+    cfg = load_config(config_cls, args.config, args.overrides)  # labels or not: cfg.has_labels
     config_dict = to_dict(cfg)
     info, device = dist.init(cfg.train.device, cfg.train.dist_timeout_s)
     group_broken, lock, started = False, None, False

@@ -162,7 +162,7 @@ class Daino(Method):
         self.cfg, self.dcfg = cfg, cfg.daino
         self.num_classes, self.backbone_name = num_classes, cfg.model.backbone
         self.num_prototypes = self.dcfg.out_dim or num_classes
-        self.supervised = cfg.train.batch_size_labeled > 0
+        self.supervised = cfg.has_labels
         if self.supervised and self.num_prototypes != num_classes:
             raise UserError(
                 f"daino.out_dim={self.num_prototypes} but the data has {num_classes} classes: "

@@ -163,7 +163,7 @@ class Suave(Method):
         )
         self.num_classes, self.backbone_name = num_classes, cfg.model.backbone
         self.num_prototypes = self.scfg.num_prototypes or num_classes
-        self.supervised = cfg.train.batch_size_labeled > 0
+        self.supervised = cfg.has_labels
         if self.supervised and self.num_prototypes != num_classes:
             raise UserError(f"suave.num_prototypes={self.num_prototypes} but the data has "
                             f"{num_classes} classes: with labels, prototype k is class k "

@@ -49,8 +49,8 @@ class SupervisedRunConfig(RunConfig):
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
 
     def validate(self) -> None:
-        if self.train.batch_size_labeled < 1:
-            raise UserError("the supervised baseline needs train.batch_size_labeled >= 1")
+        if not self.has_labels:
+            raise UserError("the supervised baseline needs labels: train.batch_size_labeled >= 1")
 
 
 class PrototypeClassifier(nn.Module):

@@ -374,11 +374,11 @@ def stop_workers(loader: DataLoader, iterator=None) -> None:
 
 
 def select_labeled(cfg: DataConfig, source) -> np.ndarray:
+    """The labeled subset: a list file, N images per class, or none (0 or unset: whether the
+    run uses labels at all is ``RunConfig.has_labels``, settled when the config was loaded)."""
     if cfg.label_list:
         return subset_from_list(source.names, source.classes, cfg.label_list)
-    if cfg.labels_per_class == 0:  # explicit self-supervised pre-training (plain SwAV / DINO)
-        return np.zeros(0, dtype=np.int64)
-    if cfg.labels_per_class is not None:
+    if cfg.labels_per_class:
         return labels_per_class_split(
             source.targets, cfg.labels_per_class, cfg.split_seed, source.classes
         )

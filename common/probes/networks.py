@@ -48,11 +48,6 @@ class EvalModel:
     health: dict | None = None  # ours: max |w| and its reference when it was saved
 
 
-def _has_labels(config: dict) -> bool:
-    data = config.get("data", {})
-    return bool(data.get("label_list")) or bool(data.get("labels_per_class"))
-
-
 def _has_eval_network(cls: type[Method]) -> bool:
     return cls.eval_network.__func__ is not Method.eval_network.__func__
 
@@ -74,7 +69,7 @@ def _our_model(path: str, ckpt: dict, methods: Mapping[str, type[Method]]) -> Ev
                       net.num_prototypes, dict(config))  # fmt: skip
     model.classes = meta.get("classes")
     model.health = ckpt.get("health")
-    supervised = meta.get("supervised", _has_labels(config))  # older checkpoints: the config
+    supervised = meta.get("supervised", cfg.has_labels)  # older checkpoints: their config
     if supervised and net.num_prototypes == meta.get("num_classes"):
         model.classify = net.classify
     else:
