@@ -124,10 +124,8 @@ class MethodBench:
         self.cfg = cfg
         self.method = build(cfg, args.num_classes, 1)
         data = SimpleNamespace(steps_per_epoch=100_000)
-        self.trainer = Trainer(
-            self.method, data, None, cfg.train, cfg.optim, device, f"{run_dir}/{name}",
-            {}, print_every=10**9,
-        )  # fmt: skip
+        cfg.log.print_every, cfg.log.plots = 10**9, False
+        self.trainer = Trainer(self.method, data, None, cfg, device, f"{run_dir}/{name}")
         self.batch = synthetic_batch(cfg, args.num_classes, device, args.channels_last)
         self.step = 0
         self.amp = self.trainer.amp

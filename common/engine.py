@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from common.checkpoint import (
     save_checkpoint,
     weight_limit,
 )
+from common.config import to_dict
 from common.data.device_aug import aug_generator
 from common.data.loaders import stop_workers
 from common.errors import NonFiniteLossError, UserError
@@ -40,11 +41,14 @@ from common.logging_utils import MetricsCSV, WandbLogger
 from common.method import Method, StepContext
 from common.models.online_heads import head_param_groups, metric_names
 from common.models.sync_bn import convert_sync_batchnorm
-from common.optim import OptimConfig, build_optimizer, param_groups
+from common.optim import build_optimizer, param_groups
 from common.plots import plot_run_quietly
 from common.preemption import PreemptionFlag, requeue_slurm_job
 from common.progress import ProgressBar
 from common.schedules import cosine_schedule
+
+if TYPE_CHECKING:  # run_config holds TrainConfig below: a type only, no import cycle
+    from common.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +159,21 @@ class Trainer:
         method: Method,
         train_data,
         val_loader,
-        train_cfg: TrainConfig,
-        optim_cfg: OptimConfig,
+        run_cfg: RunConfig,
         device: torch.device,
         run_dir: Path,
-        config_dict: dict,
         wandb_logger: WandbLogger | None = None,
-        print_every: int = 10,
     ):
         self.method, self.data, self.val_loader = method, train_data, val_loader
-        self.cfg, self.optim_cfg, self.device = train_cfg, optim_cfg, device
-        self.run_dir, self.config_dict = Path(run_dir), config_dict
-        self.print_every = max(1, print_every)
+        train_cfg, optim_cfg = run_cfg.train, run_cfg.optim
+        self.cfg, self.optim_cfg, self.log_cfg, self.device = (
+            train_cfg,
+            optim_cfg,
+            run_cfg.log,
+            device,
+        )
+        self.run_dir, self.config_dict = Path(run_dir), to_dict(run_cfg)  # saved in checkpoints
+        self.print_every = max(1, self.log_cfg.print_every)
         self.wandb = wandb_logger
         self.world = dist.world_size()
         self.spe = train_data.steps_per_epoch
@@ -223,11 +230,11 @@ class Trainer:
         if cfg.compile:
             for module in method.modules_to_compile():
                 module.compile()
+        self.ddp = None  # the Trainer's: the method only calls through it
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            object.__setattr__(
-                method, "ddp_trainable", nn.parallel.DistributedDataParallel(method.trainable, ids)
-            )
+            self.ddp = nn.parallel.DistributedDataParallel(method.trainable, ids)
+            method.forward_through(self.ddp)
 
     def checkpoint_meta(self) -> dict:
         meta = dict(self.method.meta())
@@ -314,7 +321,7 @@ class Trainer:
     def _set_schedules(self, step: int) -> None:
         lr, wd = float(self.lr_schedule[step]), float(self.wd_schedule[step])
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
             if group.get("apply_wd", True):
                 group["weight_decay"] = wd
 
@@ -519,6 +526,6 @@ class Trainer:
             summary.update(row)
         summary["step"] = step
         log.info("finished at step %d: %s", step, summary)
-        if dist.is_main() and self.config_dict.get("log", {}).get("plots", False):
+        if dist.is_main() and self.log_cfg.plots:
             plot_run_quietly(self.run_dir)
         return summary

@@ -90,7 +90,7 @@ class Method(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.ddp_trainable: nn.Module | None = None
+        self._wrapper: nn.Module | None = None  # see forward_through
         # linear probes on detached features (methods with labels set them when asked to)
         self.online_heads: OnlineHeads | None = None
 
@@ -106,9 +106,14 @@ class Method(nn.Module):
         """Networks ``train.compile`` compiles: the trainable one, plus e.g. a teacher."""
         return [self.trainable]
 
+    def forward_through(self, wrapper: nn.Module) -> None:
+        """Route ``forward_trainable`` through ``wrapper`` (the Trainer's DDP of ``trainable``).
+        Kept out of the module tree, so ``state_dict`` keys stay those of one process."""
+        self.__dict__["_wrapper"] = wrapper
+
     def forward_trainable(self, *args, **kwargs):
-        """Call the trainable network through its DDP wrapper when distributed."""
-        net = self.ddp_trainable if self.ddp_trainable is not None else self.trainable
+        """Call the trainable network, through the Trainer's DDP wrapper when distributed."""
+        net = self._wrapper if self._wrapper is not None else self.trainable
         return net(*args, **kwargs)
 
     def setup(self, epochs: int, steps_per_epoch: int) -> None:

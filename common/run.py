@@ -208,10 +208,7 @@ def train_main(
         wandb_logger = None
         if dist.is_main():
             wandb_logger = WandbLogger(cfg.log, run_dir, name, config_dict)
-        trainer = Trainer(
-            method, data, val_loader, cfg.train, cfg.optim, device, run_dir, config_dict,
-            wandb_logger, cfg.log.print_every,
-        )  # fmt: skip
+        trainer = Trainer(method, data, val_loader, cfg, device, run_dir, wandb_logger)
         if resume_from is not None:
             trainer.load_state(*resume_from)
         summary = trainer.fit()

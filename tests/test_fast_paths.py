@@ -48,10 +48,10 @@ def build(method: str, tmp_path, name: str, device: torch.device = CPU, **train)
     cfg = from_dict(Cfg, sections)
     torch.manual_seed(0)
     method_obj = make(cfg, 10, 1)
+    cfg.log.print_every, cfg.log.plots = 10**9, False
     return Trainer(
         method=method_obj, train_data=SimpleNamespace(steps_per_epoch=10), val_loader=None,
-        train_cfg=cfg.train, optim_cfg=cfg.optim, device=device, run_dir=tmp_path / name,
-        config_dict={}, print_every=10**9,
+        run_cfg=cfg, device=device, run_dir=tmp_path / name,
     )  # fmt: skip
 
 
