@@ -151,6 +151,27 @@ def raise_first_non_finite(pending: list, world: int, advice: Callable[[], str])
         first -= len(names)
 
 
+def should_save(
+    step: int, last_step: int, steps_per_epoch: int, every_steps: int, every_epochs: int
+) -> bool:
+    """Whether a checkpoint follows ``step`` steps done: always at the last step; at an epoch's
+    end when the epoch count is a multiple of ``every_epochs``; inside an epoch every
+    ``every_steps`` steps (0: never)."""
+    if step == last_step:
+        return True
+    if step % steps_per_epoch == 0:
+        return (step // steps_per_epoch) % max(every_epochs, 1) == 0
+    return bool(every_steps) and step % every_steps == 0
+
+
+def should_evaluate(step: int, last_step: int, steps_per_epoch: int, every_epochs: int) -> bool:
+    """Whether validation follows ``step`` steps done: at the last step, and at the end of every
+    ``every_epochs``-th epoch (never inside an epoch)."""
+    if step == last_step:
+        return True
+    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % max(every_epochs, 1) == 0
+
+
 class Trainer:
     """Owns optimiser, scaler, schedules, logging and checkpoints of one run."""
 
@@ -448,8 +469,7 @@ class Trainer:
                 stop_workers(self.val_loader)
 
     def _fit(self) -> dict:
-        cfg = self.cfg
-        last_step = self.total_steps if not cfg.max_steps else min(cfg.max_steps, self.total_steps)
+        last_step = self.last_step()
         step = self.start_step
         summary: dict = {}
         if step == 0:  # a fresh start over a failed run's files: its rows must not stay
@@ -457,75 +477,93 @@ class Trainer:
                 if csv is not None:
                     csv.truncate_after(-1)
         self.method.train()
-        images_per_step = cfg.batch_size_unlabeled + cfg.batch_size_labeled
-        bad_images = 0
+        self._bad_images = 0
         while step < last_step:
-            epoch, start_iter = divmod(step, self.spe)
-            self.data.sampler.set_epoch(epoch, start_iter)
-            bar = ProgressBar(self.spe, f"epoch {epoch}", start_iter,
-                              enabled=None if dist.is_main() else False)  # fmt: skip
-            # Speed over the steps since the last log line, and how much of it the loader took.
-            window_start = tic = time.perf_counter()
-            window_steps, waited = 0, 0.0
-            self._iterator = iter(self.data.loader)
-            for batch in self._iterator:
-                waited += time.perf_counter() - tic
-                fault_injection_hook(step)
-                ctx = StepContext(
-                    step, epoch, step - epoch * self.spe, self.spe, self.total_steps, self.device,
-                    step_generator(cfg.seed, step, dist.rank()),
-                )  # fmt: skip
-                bad_images += batch.pop("num_bad_images", 0)
-                log_now = (step + 1) % self.print_every == 0 or step + 1 == last_step
-                self.want_grad_norm = log_now
-                out = self.train_step(batch, ctx)
-                self.last_loss = out.loss.detach()  # read only when a checkpoint is written
-                step += 1
-                window_steps += 1
-                bar.update(step - epoch * self.spe, loss=out.loss)
-                if log_now:
-                    self._flush_finite_checks()
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    rate = images_per_step * self.world * window_steps / elapsed
-                    self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), bad_images)
-                    window_start, window_steps, waited = time.perf_counter(), 0, 0.0
-                tic = time.perf_counter()
-                if self._preemption_requested():
-                    self.save(step)
-                    if dist.is_main():
-                        requeue_slurm_job()
-                    log.info("stopping at step %d after a preemption signal", step)
-                    summary["preempted"] = True
-                    bar.close()
-                    return summary
-                epoch_done = step % self.spe == 0
-                every = cfg.checkpoint_every_steps
-                if (every and step % every == 0) and not (epoch_done or step == last_step):
-                    self.save(step)
-                if step >= last_step or epoch_done:
-                    break
-            bar.close()
-            self._flush_finite_checks()  # before evaluating or saving at the epoch's end
-            epoch_done = step % self.spe == 0
-            finished_epoch = step // self.spe
-            row = {"step": step, "epoch": epoch}
-            evaluate_now = step == last_step or (
-                epoch_done and finished_epoch % max(cfg.eval_every_epochs, 1) == 0
-            )
-            # Save before evaluating: an error in evaluation (a corrupt val image) never loses
-            # the epoch's training. The checkpoint is the same either way (eval changes nothing).
-            if epoch_done or step == last_step:
-                if step == last_step or finished_epoch % max(cfg.checkpoint_every_epochs, 1) == 0:
-                    self.save(step)
-            if evaluate_now:
-                row.update(self.evaluate(epoch, step))
-            if dist.is_main() and len(row) > 2:
-                self.epoch_csv.write(row)
-                if self.wandb:
-                    self.wandb.log_row("val", row)
-            summary.update(row)
+            epoch = step // self.spe
+            step, preempted = self._train_epoch(step, last_step)
+            if preempted:
+                summary["preempted"] = True
+                return summary
+            summary.update(self._end_epoch(epoch, step, last_step))
         summary["step"] = step
         log.info("finished at step %d: %s", step, summary)
         if dist.is_main() and self.log_cfg.plots:
             plot_run_quietly(self.run_dir)
         return summary
+
+    def last_step(self) -> int:
+        """Where training stops: the end of the last epoch, or ``train.max_steps`` before it."""
+        max_steps = self.cfg.max_steps
+        return self.total_steps if not max_steps else min(max_steps, self.total_steps)
+
+    def _train_epoch(self, step: int, last_step: int) -> tuple[int, bool]:
+        """Steps from ``step`` to the end of its epoch (or ``last_step``): train, log, write the
+        mid-epoch checkpoints, stop on a preemption signal. Returns (steps done, preempted)."""
+        cfg = self.cfg
+        epoch, start_iter = divmod(step, self.spe)
+        self.data.sampler.set_epoch(epoch, start_iter)
+        bar = ProgressBar(self.spe, f"epoch {epoch}", start_iter,
+                          enabled=None if dist.is_main() else False)  # fmt: skip
+        images_per_step = cfg.batch_size_unlabeled + cfg.batch_size_labeled
+        # Speed over the steps since the last log line, and how much of it the loader took.
+        window_start = tic = time.perf_counter()
+        window_steps, waited = 0, 0.0
+        self._iterator = iter(self.data.loader)
+        for batch in self._iterator:
+            waited += time.perf_counter() - tic
+            fault_injection_hook(step)
+            ctx = StepContext(
+                step, epoch, step - epoch * self.spe, self.spe, self.total_steps, self.device,
+                step_generator(cfg.seed, step, dist.rank()),
+            )  # fmt: skip
+            self._bad_images += batch.pop("num_bad_images", 0)
+            log_now = (step + 1) % self.print_every == 0 or step + 1 == last_step
+            self.want_grad_norm = log_now
+            out = self.train_step(batch, ctx)
+            self.last_loss = out.loss.detach()  # read only when a checkpoint is written
+            step += 1
+            window_steps += 1
+            bar.update(step - epoch * self.spe, loss=out.loss)
+            if log_now:
+                self._flush_finite_checks()
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                rate = images_per_step * self.world * window_steps / elapsed
+                self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), self._bad_images)
+                window_start, window_steps, waited = time.perf_counter(), 0, 0.0
+            tic = time.perf_counter()
+            if self._preemption_requested():
+                self.save(step)
+                if dist.is_main():
+                    requeue_slurm_job()
+                log.info("stopping at step %d after a preemption signal", step)
+                bar.close()
+                return step, True
+            if self._at_epoch_end(step, last_step):
+                break  # its checkpoint and validation are _end_epoch's
+            if should_save(step, last_step, self.spe, cfg.checkpoint_every_steps,
+                           cfg.checkpoint_every_epochs):  # fmt: skip
+                self.save(step)
+        bar.close()
+        return step, False
+
+    def _at_epoch_end(self, step: int, last_step: int) -> bool:
+        return step % self.spe == 0 or step == last_step
+
+    def _end_epoch(self, epoch: int, step: int, last_step: int) -> dict:
+        """After epoch ``epoch`` (or the last step): its checkpoint, validation and CSV row."""
+        cfg = self.cfg
+        self._flush_finite_checks()  # before evaluating or saving at the epoch's end
+        row = {"step": step, "epoch": epoch}
+        # Save before evaluating: an error in evaluation (a corrupt val image) never loses the
+        # epoch's training. The checkpoint is the same either way (eval changes nothing).
+        if self._at_epoch_end(step, last_step) and should_save(
+            step, last_step, self.spe, cfg.checkpoint_every_steps, cfg.checkpoint_every_epochs
+        ):
+            self.save(step)
+        if should_evaluate(step, last_step, self.spe, cfg.eval_every_epochs):
+            row.update(self.evaluate(epoch, step))
+        if dist.is_main() and len(row) > 2:
+            self.epoch_csv.write(row)
+            if self.wandb:
+                self.wandb.log_row("val", row)
+        return row
