@@ -27,12 +27,11 @@ from common.errors import UserError
 from common.losses import (
     balanced_total,
     labeled_loss,
-    smoothed_one_hot,
-    soft_cross_entropy,
+    mixed_labels_loss,
     target_stats,
 )
 from common.method import EvalNetwork, Method, StepContext, StepOutput
-from common.mixup import batch_permutation, mix
+from common.mixup import mix_permuted
 from common.models.dino_head import DINOHead, cancel_last_layer_gradients
 from common.models.ema import ema_update_
 from common.models.factory import ModelConfig, build_backbone
@@ -261,9 +260,9 @@ class Daino(Method):
         mix_lab = d.mixup != "none" and b_l > 0
         lab_inputs = [labeled] if b_l else []
         if mix_lab:
-            lab_perm = batch_permutation(b_l, ctx.generator, labeled.device)
-            lab_mixed, lab_lam = mix(labeled, labeled[lab_perm], d.mixup, d.mixup_alpha,
-                                     ctx.generator, d.mixup_switch_prob)  # fmt: skip
+            lab_mixed, lab_perm, lab_lam = mix_permuted(
+                labeled, labeled, d.mixup, d.mixup_alpha, ctx.generator, d.mixup_switch_prob
+            )
             lab_inputs.append(lab_mixed)
         n_lab = b_l * len(lab_inputs)
 
@@ -288,9 +287,9 @@ class Daino(Method):
             terms["loss_labeled"] = loss_lab
             lab_terms.append((loss_lab, b_l))
         if mix_lab:
-            y = smoothed_one_hot(batch["labels"], self.num_classes, d.label_smoothing)
-            target = lab_lam * y + (1 - lab_lam) * y[lab_perm]
-            loss_mix = soft_cross_entropy(logits[b_l:n_lab].float() / d.student_temp, target)
+            loss_mix = mixed_labels_loss(logits[b_l:n_lab].float() / d.student_temp,
+                                         batch["labels"], lab_perm, lab_lam, self.num_classes,
+                                         d.label_smoothing)  # fmt: skip
             terms["loss_labeled_mix"] = loss_mix
             lab_terms.append((loss_mix, b_l))
         # per-sample mean over every image the student sees (or labeled_share for the labels)
@@ -378,6 +377,3 @@ class Daino(Method):
             self.loss.center.copy_(center)
         if self.online_heads is not None and method == "daino":
             self.online_heads.load_matching(ckpt, path)
-
-
-build_daino = Daino.build  # the builder ``train_main`` and the tests call

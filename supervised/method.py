@@ -136,6 +136,3 @@ class Supervised(Method):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.backbone(images)
-
-
-build_supervised = Supervised.build  # the builder ``train_main`` and the benchmarks call

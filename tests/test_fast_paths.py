@@ -35,13 +35,17 @@ def build(method: str, tmp_path, name: str, device: torch.device = CPU, **train)
                   "sync_bn": False, "device": device.type, **train},
     }  # fmt: skip
     if method == "suave":
+        from suave.method import Suave
         from suave.method import SuaveRunConfig as Cfg
-        from suave.method import build_suave as make
+
+        make = Suave.build
 
         sections["suave"] = {"projector_hidden_dim": 64, "embed_dim": 32, "queue_length": 0}
     else:
+        from daino.method import Daino
         from daino.method import DainoRunConfig as Cfg
-        from daino.method import build_daino as make
+
+        make = Daino.build
 
         sections["daino"] = {"head_hidden_dim": 64, "head_bottleneck_dim": 32,
                              "freeze_last_layer_epochs": 0}  # fmt: skip
