@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from common.models.online_heads import OnlineHeads
-
-if TYPE_CHECKING:  # run_config imports the engine, which imports this contract
-    from common.run_config import RunConfig
+from common.run_config import RunConfig
 
 
 @dataclass

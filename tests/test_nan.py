@@ -14,12 +14,12 @@ from torch import nn
 
 import main_suave
 from common.checkpoint import checkpoint_files, load_file
-from common.engine import TrainConfig, Trainer
+from common.engine import Trainer
 from common.errors import NonFiniteLossError
 from common.logging_utils import LogConfig
 from common.method import Method, StepOutput
 from common.optim import OptimConfig
-from common.run_config import RunConfig
+from common.run_config import RunConfig, TrainConfig
 from tests.helpers import assert_cli_error
 from tests.reliability_utils import SUAVE
 
