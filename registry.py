@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 
-from common.errors import UserError
 from common.method import Method
 from daino.method import Daino
 from suave.method import Suave
@@ -19,13 +18,6 @@ from supervised.method import Supervised
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Suave, Daino, Supervised)}
 # the methods with an entry point of their own (main_<name>.py): what job_launcher.py starts
 LAUNCHABLE: dict[str, type[Method]] = {name: METHODS[name] for name in ("suave", "daino")}
-
-
-def method_class(name: str) -> type[Method]:
-    """The class of method ``name``; an unknown name is a one-line ``UserError``."""
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r} (choose from {', '.join(METHODS)})")
-    return METHODS[name]
 
 
 def evaluate(argv: list[str] | None = None) -> dict:
