@@ -2,7 +2,8 @@
 
     python job_launcher.py --mode local --method suave --script_file suave/scripts/cpu_demo.sh
 
-Installed, the same command is ``suave-daino-launch``. Imported, this name *is*
+Installed, the same command is ``suave-daino-launch``. Run, it is ``registry.launch_console``
+(the body with the registry's methods handed in). Imported, this name *is*
 :mod:`common.launcher` (one module, so monkeypatching ``job_launcher.ROOT`` reaches the code).
 """
 
@@ -11,6 +12,8 @@ import sys
 from common import launcher as _launcher
 
 if __name__ == "__main__":
-    _launcher.console()
+    from registry import launch_console
+
+    launch_console()
 else:
     sys.modules[__name__] = _launcher

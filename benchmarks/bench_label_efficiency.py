@@ -27,9 +27,7 @@ import yaml
 from benchlib import SHARED_DATA
 
 from common.run import train_main
-from common.supervised import SupervisedRunConfig, build_supervised
-from daino.method import DainoRunConfig, build_daino
-from suave.method import SuaveRunConfig, build_suave
+from registry import METHODS as REGISTRY
 
 # Sections both runs share: the only difference between them is the unlabeled loss.
 SHARED_RECIPE = {
@@ -65,15 +63,21 @@ DAINO_ONLY = {"student_temp": 0.1, "label_smoothing": 0.01, "warmup_teacher_temp
               "teacher_momentum": 0.97, "teacher_momentum_final": 0.995,
               "freeze_last_layer_epochs": 0, "labeled_share": 0.5}  # fmt: skip
 
-# method -> (run config, builder, config section, section values)
+
+def _entry(name: str, values: dict) -> tuple:
+    """(run config, builder, config section, section values) of a registered method."""
+    cls = REGISTRY[name]
+    return cls.config_cls, cls.build, name, values
+
+
+# benchmark row -> (run config, builder, config section, section values)
 METHODS = {
-    "suave": (SuaveRunConfig, build_suave, "suave", {**HEAD, **SUAVE_ONLY}),
-    "daino": (DainoRunConfig, build_daino, "daino", {**DAINO_HEAD, **DAINO_ONLY}),
-    "supervised": (SupervisedRunConfig, build_supervised, "supervised", HEAD),
+    "suave": _entry("suave", {**HEAD, **SUAVE_ONLY}),
+    "daino": _entry("daino", {**DAINO_HEAD, **DAINO_ONLY}),
+    "supervised": _entry("supervised", HEAD),
     # Daino's baseline: the same labeled CE through Daino's own head (MLP + weight-normed layer)
-    "supervised_dino": (SupervisedRunConfig, build_supervised, "supervised",
-                        {"head": "dino", "temperature": 0.1, "label_smoothing": 0.01,
-                         **DAINO_HEAD}),
+    "supervised_dino": _entry("supervised", {"head": "dino", "temperature": 0.1,
+                                             "label_smoothing": 0.01, **DAINO_HEAD}),
 }  # fmt: skip
 BASELINE = {"suave": "supervised", "daino": "supervised_dino"}
 # The baselines never look at unlabeled crops: skip the local ones (labeled views unchanged).

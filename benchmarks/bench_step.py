@@ -71,13 +71,11 @@ def run_config(method: str, args, device: torch.device):
     )  # fmt: skip
     sections = {"data": data, "model": {"backbone": args.backbone}, "train": train}
     if method == "suave":
-        from suave.method import SuaveRunConfig, build_suave
-
         sections["suave"] = {"queue_length": args.queue_length}
-        return from_dict(SuaveRunConfig, sections), build_suave
-    from daino.method import DainoRunConfig, build_daino
+    from registry import METHODS
 
-    return from_dict(DainoRunConfig, sections), build_daino
+    cls = METHODS[method]
+    return from_dict(cls.config_cls, sections), cls.build
 
 
 def synthetic_batch(cfg, num_classes: int, device: torch.device, channels_last: bool) -> dict:
@@ -126,10 +124,8 @@ class MethodBench:
         self.cfg = cfg
         self.method = build(cfg, args.num_classes, 1)
         data = SimpleNamespace(steps_per_epoch=100_000)
-        self.trainer = Trainer(
-            self.method, data, None, cfg.train, cfg.optim, device, f"{run_dir}/{name}",
-            {}, print_every=10**9,
-        )  # fmt: skip
+        cfg.log.print_every, cfg.log.plots = 10**9, False
+        self.trainer = Trainer(self.method, data, None, cfg, device, f"{run_dir}/{name}")
         self.batch = synthetic_batch(cfg, args.num_classes, device, args.channels_last)
         self.step = 0
         self.amp = self.trainer.amp

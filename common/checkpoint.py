@@ -292,6 +292,13 @@ def load_state_strict(module: torch.nn.Module, state: dict, path: str | Path, wh
         raise UserError(f"checkpoint {path} does not fit the {what}: {detail[:300]}") from None
 
 
+def rows_of(ckpt: dict, key: str, path: str | Path, method: str) -> int:
+    """Rows of the tensor ``ckpt['model'][key]`` (a method's number of prototypes or outputs)."""
+    if key not in ckpt["model"]:
+        raise UserError(f"checkpoint {path} lacks {key}: not a complete {method} model")
+    return int(ckpt["model"][key].shape[0])
+
+
 def select_weights(ckpt: dict, prefixes: dict[str, str]) -> dict:
     """Tensors of ``ckpt['model']`` whose key starts with a source prefix, renamed to its target.
 

@@ -191,11 +191,3 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_dist():
         torch_dist.barrier()
-
-
-def broadcast_object(obj, src: int = 0):
-    if not is_dist():
-        return obj
-    box = [obj]
-    torch_dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -10,18 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
 from common import dist
+from common.accuracy import evaluate_classifiers
 from common.checkpoint import (
     STABLE,
     check_compatible,
@@ -32,63 +30,22 @@ from common.checkpoint import (
     save_checkpoint,
     weight_limit,
 )
+from common.config import to_dict
 from common.data.device_aug import aug_generator
 from common.data.loaders import stop_workers
 from common.errors import NonFiniteLossError, UserError
-from common.evaluation import evaluate_classifiers
 from common.logging_utils import MetricsCSV, WandbLogger
 from common.method import Method, StepContext
 from common.models.online_heads import head_param_groups, metric_names
 from common.models.sync_bn import convert_sync_batchnorm
-from common.optim import OptimConfig, build_optimizer, param_groups
+from common.optim import build_optimizer, param_groups
 from common.plots import plot_run_quietly
 from common.preemption import PreemptionFlag, requeue_slurm_job
 from common.progress import ProgressBar
+from common.run_config import RunConfig
 from common.schedules import cosine_schedule
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    batch_size_unlabeled: int = 64  # per process
-    batch_size_labeled: int = 32  # per process
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the trainable network and any teacher/EMA copy
-    cudnn_benchmark: bool = True  # CUDA: autotune conv kernels (multi-crop shapes are fixed)
-    # CUDA fp32 matmuls: "high" allows TF32 tensor cores (~2x faster fp32 ViT steps, 10-bit
-    # mantissa); "highest" is torch's exact default.
-    matmul_precision: Literal["highest", "high", "medium"] = "highest"
-    sync_bn: bool = True
-    max_steps: int = 0  # stop early after this many global steps (0 = run all epochs)
-    checkpoint_every_steps: int = 0  # 0: only at the end of epochs
-    checkpoint_every_epochs: int = 1
-    keep_checkpoints: int = 3
-    eval_every_epochs: int = 1
-    eval_batch_size: int = 256
-    dist_timeout_s: float = 1800.0
-    # several processes: the preemption flag is all-reduced (a collective and a host sync) every
-    # N steps and at every step that logs, saves or ends an epoch; N x step time must stay well
-    # under the signal's lead time (the launcher's --signal_seconds, 120 s)
-    preempt_check_every: int = 10
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise UserError("train.epochs must be at least 1")
-        if self.batch_size_unlabeled < 1 or self.batch_size_labeled < 0:
-            raise UserError("train.batch_size_unlabeled must be >= 1, batch_size_labeled >= 0")
-        if self.max_steps < 0 or self.checkpoint_every_steps < 0 or self.keep_checkpoints < 1:
-            raise UserError("train.max_steps/checkpoint_every_steps >= 0, keep_checkpoints >= 1")
-        if self.eval_batch_size < 1 or self.dist_timeout_s <= 0:
-            raise UserError("train.eval_batch_size must be >= 1 and train.dist_timeout_s > 0")
-        if self.preempt_check_every < 1:
-            raise UserError("train.preempt_check_every must be >= 1")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):  # not silently the CPU
-            raise UserError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -155,6 +112,27 @@ def raise_first_non_finite(pending: list, world: int, advice: Callable[[], str])
         first -= len(names)
 
 
+def should_save(
+    step: int, last_step: int, steps_per_epoch: int, every_steps: int, every_epochs: int
+) -> bool:
+    """Whether a checkpoint follows ``step`` steps done: always at the last step; at an epoch's
+    end when the epoch count is a multiple of ``every_epochs``; inside an epoch every
+    ``every_steps`` steps (0: never)."""
+    if step == last_step:
+        return True
+    if step % steps_per_epoch == 0:
+        return (step // steps_per_epoch) % max(every_epochs, 1) == 0
+    return bool(every_steps) and step % every_steps == 0
+
+
+def should_evaluate(step: int, last_step: int, steps_per_epoch: int, every_epochs: int) -> bool:
+    """Whether validation follows ``step`` steps done: at the last step, and at the end of every
+    ``every_epochs``-th epoch (never inside an epoch)."""
+    if step == last_step:
+        return True
+    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % max(every_epochs, 1) == 0
+
+
 class Trainer:
     """Owns optimiser, scaler, schedules, logging and checkpoints of one run."""
 
@@ -163,18 +141,21 @@ class Trainer:
         method: Method,
         train_data,
         val_loader,
-        train_cfg: TrainConfig,
-        optim_cfg: OptimConfig,
+        run_cfg: RunConfig,
         device: torch.device,
         run_dir: Path,
-        config_dict: dict,
         wandb_logger: WandbLogger | None = None,
-        print_every: int = 10,
     ):
         self.method, self.data, self.val_loader = method, train_data, val_loader
-        self.cfg, self.optim_cfg, self.device = train_cfg, optim_cfg, device
-        self.run_dir, self.config_dict = Path(run_dir), config_dict
-        self.print_every = max(1, print_every)
+        train_cfg, optim_cfg = run_cfg.train, run_cfg.optim
+        self.cfg, self.optim_cfg, self.log_cfg, self.device = (
+            train_cfg,
+            optim_cfg,
+            run_cfg.log,
+            device,
+        )
+        self.run_dir, self.config_dict = Path(run_dir), to_dict(run_cfg)  # saved in checkpoints
+        self.print_every = max(1, self.log_cfg.print_every)
         self.wandb = wandb_logger
         self.world = dist.world_size()
         self.spe = train_data.steps_per_epoch
@@ -231,11 +212,11 @@ class Trainer:
         if cfg.compile:
             for module in method.modules_to_compile():
                 module.compile()
+        self.ddp = None  # the Trainer's: the method only calls through it
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            object.__setattr__(
-                method, "ddp_trainable", nn.parallel.DistributedDataParallel(method.trainable, ids)
-            )
+            self.ddp = nn.parallel.DistributedDataParallel(method.trainable, ids)
+            method.forward_through(self.ddp)
 
     def checkpoint_meta(self) -> dict:
         meta = dict(self.method.meta())
@@ -322,7 +303,7 @@ class Trainer:
     def _set_schedules(self, step: int) -> None:
         lr, wd = float(self.lr_schedule[step]), float(self.wd_schedule[step])
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
             if group.get("apply_wd", True):
                 group["weight_decay"] = wd
 
@@ -452,8 +433,7 @@ class Trainer:
                 stop_workers(self.val_loader)
 
     def _fit(self) -> dict:
-        cfg = self.cfg
-        last_step = self.total_steps if not cfg.max_steps else min(cfg.max_steps, self.total_steps)
+        last_step = self.last_step()
         step = self.start_step
         summary: dict = {}
         if step == 0:  # a fresh start over a failed run's files: its rows must not stay
@@ -461,76 +441,96 @@ class Trainer:
                 if csv is not None:
                     csv.truncate_after(-1)
         self.method.train()
-        images_per_step = cfg.batch_size_unlabeled + cfg.batch_size_labeled
-        bad_images = 0
+        self._bad_images = 0
         while step < last_step:
-            epoch, start_iter = divmod(step, self.spe)
-            self.data.sampler.set_epoch(epoch, start_iter)
-            bar = ProgressBar(self.spe, f"epoch {epoch}", start_iter,
-                              enabled=None if dist.is_main() else False)  # fmt: skip
-            # Speed over the steps since the last log line, and how much of it the loader took.
-            window_start = tic = time.perf_counter()
-            window_steps, waited = 0, 0.0
-            self._iterator = iter(self.data.loader)
-            for batch in self._iterator:
-                waited += time.perf_counter() - tic
-                fault_injection_hook(step)
-                ctx = StepContext(
-                    step, epoch, step - epoch * self.spe, self.spe, self.total_steps, self.device,
-                    step_generator(cfg.seed, step, dist.rank()),
-                )  # fmt: skip
-                bad_images += batch.pop("num_bad_images", 0)
-                log_now = (step + 1) % self.print_every == 0 or step + 1 == last_step
-                self.want_grad_norm = log_now
-                out = self.train_step(batch, ctx)
-                self.last_loss = out.loss.detach()  # read only when a checkpoint is written
-                step += 1
-                window_steps += 1
-                bar.update(step - epoch * self.spe, loss=out.loss)
-                if log_now:
-                    self._flush_finite_checks()
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    rate = images_per_step * self.world * window_steps / elapsed
-                    self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), bad_images)
-                    window_start, window_steps, waited = time.perf_counter(), 0, 0.0
-                tic = time.perf_counter()
-                every = cfg.checkpoint_every_steps
-                boundary = log_now or step % self.spe == 0 or step >= last_step
-                if self._preemption_requested(step, boundary or bool(every and step % every == 0)):
-                    self.save(step)
-                    if dist.is_main():
-                        requeue_slurm_job()
-                    log.info("stopping at step %d after a preemption signal", step)
-                    summary["preempted"] = True
-                    bar.close()
-                    return summary
-                epoch_done = step % self.spe == 0
-                if (every and step % every == 0) and not (epoch_done or step == last_step):
-                    self.save(step)
-                if step >= last_step or epoch_done:
-                    break
-            bar.close()
-            self._flush_finite_checks()  # before evaluating or saving at the epoch's end
-            epoch_done = step % self.spe == 0
-            finished_epoch = step // self.spe
-            row = {"step": step, "epoch": epoch}
-            evaluate_now = step == last_step or (
-                epoch_done and finished_epoch % max(cfg.eval_every_epochs, 1) == 0
-            )
-            # Save before evaluating: an error in evaluation (a corrupt val image) never loses
-            # the epoch's training. The checkpoint is the same either way (eval changes nothing).
-            if epoch_done or step == last_step:
-                if step == last_step or finished_epoch % max(cfg.checkpoint_every_epochs, 1) == 0:
-                    self.save(step)
-            if evaluate_now:
-                row.update(self.evaluate(epoch, step))
-            if dist.is_main() and len(row) > 2:
-                self.epoch_csv.write(row)
-                if self.wandb:
-                    self.wandb.log_row("val", row)
-            summary.update(row)
+            epoch = step // self.spe
+            step, preempted = self._train_epoch(step, last_step)
+            if preempted:
+                summary["preempted"] = True
+                return summary
+            summary.update(self._end_epoch(epoch, step, last_step))
         summary["step"] = step
         log.info("finished at step %d: %s", step, summary)
-        if dist.is_main() and self.config_dict.get("log", {}).get("plots", False):
+        if dist.is_main() and self.log_cfg.plots:
             plot_run_quietly(self.run_dir)
         return summary
+
+    def last_step(self) -> int:
+        """Where training stops: the end of the last epoch, or ``train.max_steps`` before it."""
+        max_steps = self.cfg.max_steps
+        return self.total_steps if not max_steps else min(max_steps, self.total_steps)
+
+    def _train_epoch(self, step: int, last_step: int) -> tuple[int, bool]:
+        """Steps from ``step`` to the end of its epoch (or ``last_step``): train, log, write the
+        mid-epoch checkpoints, stop on a preemption signal. Returns (steps done, preempted)."""
+        cfg = self.cfg
+        epoch, start_iter = divmod(step, self.spe)
+        self.data.sampler.set_epoch(epoch, start_iter)
+        bar = ProgressBar(self.spe, f"epoch {epoch}", start_iter,
+                          enabled=None if dist.is_main() else False)  # fmt: skip
+        images_per_step = cfg.batch_size_unlabeled + cfg.batch_size_labeled
+        # Speed over the steps since the last log line, and how much of it the loader took.
+        window_start = tic = time.perf_counter()
+        window_steps, waited = 0, 0.0
+        self._iterator = iter(self.data.loader)
+        for batch in self._iterator:
+            waited += time.perf_counter() - tic
+            fault_injection_hook(step)
+            ctx = StepContext(
+                step, epoch, step - epoch * self.spe, self.spe, self.total_steps, self.device,
+                step_generator(cfg.seed, step, dist.rank()),
+            )  # fmt: skip
+            self._bad_images += batch.pop("num_bad_images", 0)
+            log_now = (step + 1) % self.print_every == 0 or step + 1 == last_step
+            self.want_grad_norm = log_now
+            out = self.train_step(batch, ctx)
+            self.last_loss = out.loss.detach()  # read only when a checkpoint is written
+            step += 1
+            window_steps += 1
+            bar.update(step - epoch * self.spe, loss=out.loss)
+            if log_now:
+                self._flush_finite_checks()
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                rate = images_per_step * self.world * window_steps / elapsed
+                self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), self._bad_images)
+                window_start, window_steps, waited = time.perf_counter(), 0, 0.0
+            tic = time.perf_counter()
+            boundary = log_now or self._at_epoch_end(step, last_step) or should_save(
+                step, last_step, self.spe, cfg.checkpoint_every_steps, cfg.checkpoint_every_epochs
+            )
+            if self._preemption_requested(step, boundary):
+                self.save(step)
+                if dist.is_main():
+                    requeue_slurm_job()
+                log.info("stopping at step %d after a preemption signal", step)
+                bar.close()
+                return step, True
+            if self._at_epoch_end(step, last_step):
+                break  # its checkpoint and validation are _end_epoch's
+            if should_save(step, last_step, self.spe, cfg.checkpoint_every_steps,
+                           cfg.checkpoint_every_epochs):  # fmt: skip
+                self.save(step)
+        bar.close()
+        return step, False
+
+    def _at_epoch_end(self, step: int, last_step: int) -> bool:
+        return step % self.spe == 0 or step == last_step
+
+    def _end_epoch(self, epoch: int, step: int, last_step: int) -> dict:
+        """After epoch ``epoch`` (or the last step): its checkpoint, validation and CSV row."""
+        cfg = self.cfg
+        self._flush_finite_checks()  # before evaluating or saving at the epoch's end
+        row = {"step": step, "epoch": epoch}
+        # Save before evaluating: an error in evaluation (a corrupt val image) never loses the
+        # epoch's training. The checkpoint is the same either way (eval changes nothing).
+        if self._at_epoch_end(step, last_step) and should_save(
+            step, last_step, self.spe, cfg.checkpoint_every_steps, cfg.checkpoint_every_epochs
+        ):
+            self.save(step)
+        if should_evaluate(step, last_step, self.spe, cfg.eval_every_epochs):
+            row.update(self.evaluate(epoch, step))
+        if dist.is_main() and len(row) > 2:
+            self.epoch_csv.write(row)
+            if self.wandb:
+                self.wandb.log_row("val", row)
+        return row

@@ -33,11 +33,11 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (or site-packages when installed)
-METHODS = ("suave", "daino")
 NAME_RE = re.compile(r"^\w[\w.-]*$")  # a directory and a Slurm job name
 OVERRIDE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
 OPTIONS_WITH_VALUE = ("--config", "--init")
@@ -257,9 +257,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    if args.method not in METHODS:
-        raise LauncherError(f"unknown method '{args.method}' (choose from {', '.join(METHODS)})")
+def check_args(args: argparse.Namespace, methods: Mapping[str, type]) -> None:
+    if args.method not in methods:
+        raise LauncherError(f"unknown method '{args.method}' (choose from {', '.join(methods)})")
     for opt in ("num_gpus", "signal_seconds"):
         if getattr(args, opt) < 0:
             raise LauncherError(f"--{opt} must be >= 0")
@@ -283,25 +283,23 @@ def check_args(args: argparse.Namespace) -> None:
         raise LauncherError(f"data directory not found: {args.data_dir}")
 
 
-def validate_config(method: str, config: str, overrides: list[str]) -> None:
+def validate_config(config_cls: type, config: str, overrides: list[str]) -> None:
     """Load the recipe with every override as the run will: a mistyped key fails here, in one
     line, before anything is started or submitted (``--dry_run`` included)."""
     from common.config import load_config
     from common.errors import UserError
 
-    if method == "suave":
-        from suave.method import SuaveRunConfig as config_cls
-    else:
-        from daino.method import DainoRunConfig as config_cls
     try:
         load_config(config_cls, config, overrides)
     except UserError as err:
         raise LauncherError(f"{config}: {err}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None, methods: Mapping[str, type]) -> int:
+    """``methods``: {name: Method class} of the methods with a ``main_<name>.py`` (the registry
+    hands them in; ``common`` knows none)."""
     args = parse_args(argv)
-    check_args(args)
+    check_args(args, methods)
     recipe = parse_script_file(args.script_file)
     recipe.config = _existing(recipe.config, "config file", args.script_file)
     if args.init:  # the command line wins over the script file
@@ -317,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     method_overrides = [*recipe.overrides, *args.overrides]
     if data_dir is not None:
         method_overrides.append(f"data.root={data_dir}")
-    validate_config(args.method, recipe.config, method_overrides)
+    validate_config(methods[args.method].config_cls, recipe.config, method_overrides)
     if args.mode == "local":
         argv = build_method_argv(
             args.method, recipe, output_dir, name, data_dir, args.num_gpus, args.overrides
@@ -338,18 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     return launch_slurm(script, slurm_dir / "job.sbatch", args.dry_run)
 
 
-def cli(argv: list[str] | None = None) -> int:
+def cli(argv: list[str] | None, methods: Mapping[str, type]) -> int:
     try:
-        return main(argv)
+        return main(argv, methods)
     except LauncherError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
-
-
-def console() -> None:
-    """``suave-daino-launch``: same as ``python job_launcher.py``."""
-    sys.exit(cli())
-
-
-if __name__ == "__main__":
-    console()

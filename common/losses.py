@@ -16,6 +16,20 @@ def smoothed_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -
     return one_hot * (1 - smoothing) + smoothing / num_classes
 
 
+def mixed_labels_loss(
+    scaled_logits: torch.Tensor,
+    labels: torch.Tensor,
+    perm: torch.Tensor,
+    lam: float,
+    num_classes: int,
+    smoothing: float,
+) -> torch.Tensor:
+    """Cross-entropy of mixed labeled images (``mix_permuted``) against the same mix of their
+    smoothed one-hot labels; ``scaled_logits`` already divided by the temperature."""
+    y = smoothed_one_hot(labels, num_classes, smoothing)
+    return soft_cross_entropy(scaled_logits, lam * y + (1 - lam) * y[perm])
+
+
 def weighted_total(terms: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     """Mean of per-term losses weighted by how many samples each term averages over.
 

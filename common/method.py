@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from common.models.online_heads import OnlineHeads
+from common.run_config import RunConfig
 
 
 @dataclass
@@ -39,19 +42,53 @@ class StepOutput:
         return self.loss if self.extra_loss is None else self.loss + self.extra_loss
 
 
+@dataclass
+class EvalNetwork:
+    """A method's network as evaluation sees it, rebuilt from a checkpoint (``eval_network``)."""
+
+    module: nn.Module  # the evaluated network, weights loaded
+    features: Callable[[torch.Tensor], torch.Tensor]  # images -> backbone features
+    classify: Callable[[torch.Tensor], torch.Tensor]  # images -> prototype scores
+    num_prototypes: int
+    # asked for when the run had online heads: the network they were trained on (``module`` or
+    # another one) and images -> its features at the heads' depths
+    tapped: nn.Module | None = None
+    taps: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+
 class Method(nn.Module):
     """A method owns its networks, loss state (queue, center...) and the per-step logic.
 
     ``trainable`` is the module whose parameters the optimiser updates and that DDP wraps;
     everything else (teacher, queue, center) lives in buffers or frozen modules, so one
     ``state_dict`` captures the whole training state of the method.
+
+    The class also says what the rest of the project needs of the method without an instance:
+    its run config (``config_cls``), how a run builds it (``build``), where its checkpoint keeps
+    the evaluated backbone (``backbone_prefix``) and how evaluation rebuilds its network from
+    a checkpoint (``eval_network``). The registry above ``common/`` looks methods up by ``name``.
     """
 
     name = "method"
+    config_cls: ClassVar[type[RunConfig]]
+    backbone_prefix: ClassVar[str] = ""  # state-dict prefix of the backbone evaluation reads
+
+    @classmethod
+    def build(cls, cfg: RunConfig, num_classes: int, world_size: int) -> Method:
+        """The method of a run, its ``model.init`` weights loaded."""
+        raise NotImplementedError
+
+    @classmethod
+    def eval_network(
+        cls, cfg: RunConfig, ckpt: dict, path: str, with_taps: bool = False
+    ) -> EvalNetwork | None:
+        """The network evaluation probes, rebuilt from one of this method's checkpoints (never
+        the training state: queue, optimiser), or None when the method offers none."""
+        return None
 
     def __init__(self):
         super().__init__()
-        self.ddp_trainable: nn.Module | None = None
+        self._wrapper: nn.Module | None = None  # see forward_through
         # linear probes on detached features (methods with labels set them when asked to)
         self.online_heads: OnlineHeads | None = None
 
@@ -67,9 +104,14 @@ class Method(nn.Module):
         """Networks ``train.compile`` compiles: the trainable one, plus e.g. a teacher."""
         return [self.trainable]
 
+    def forward_through(self, wrapper: nn.Module) -> None:
+        """Route ``forward_trainable`` through ``wrapper`` (the Trainer's DDP of ``trainable``).
+        Kept out of the module tree, so ``state_dict`` keys stay those of one process."""
+        self.__dict__["_wrapper"] = wrapper
+
     def forward_trainable(self, *args, **kwargs):
-        """Call the trainable network through its DDP wrapper when distributed."""
-        net = self.ddp_trainable if self.ddp_trainable is not None else self.trainable
+        """Call the trainable network, through the Trainer's DDP wrapper when distributed."""
+        net = self._wrapper if self._wrapper is not None else self.trainable
         return net(*args, **kwargs)
 
     def setup(self, epochs: int, steps_per_epoch: int) -> None:

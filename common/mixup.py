@@ -54,3 +54,18 @@ def mix(
 
 def batch_permutation(batch: int, generator: torch.Generator, device) -> torch.Tensor:
     return torch.randperm(batch, generator=generator).to(device)
+
+
+def mix_permuted(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    mode: str,
+    alpha: float,
+    generator: torch.Generator,
+    switch_prob: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``x1`` blended with a random permutation of ``x2`` (a batch with itself, or one global
+    crop with another): (mixed, permutation, weight of x1), the mixed targets' recipe."""
+    perm = batch_permutation(x1.shape[0], generator, x1.device)
+    mixed, lam = mix(x1, x2[perm], mode, alpha, generator, switch_prob)
+    return mixed, perm, lam

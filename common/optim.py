@@ -65,14 +65,12 @@ class OptimConfig:
         return self.base_lr * global_batch / self.lr_batch_ref if self.scale_lr else self.base_lr
 
 
-def param_groups(
-    model: nn.Module, frozen: tuple[str, ...] = (), exclude_bias_norm: bool = True
-) -> list[dict]:
+def param_groups(model: nn.Module, exclude_bias_norm: bool = True) -> list[dict]:
     """Two groups: weights (decay + LARS) and biases/norms (neither, or both when
     ``exclude_bias_norm`` is False: the official LARS)."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad or any(name.startswith(f) for f in frozen):
+    for param in model.parameters():
+        if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 and exclude_bias_norm else decay).append(param)
     if not exclude_bias_norm:

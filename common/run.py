@@ -166,9 +166,7 @@ def train_main(
 ) -> dict:
     """Parse, set up distributed + run dir + logging, build data/method, train. Returns summary."""
     args = parse_args(argv, description)
-    cfg = load_config(config_cls, args.config, args.overrides)
-    if cfg.data.labels_per_class == 0 and not cfg.data.label_list:
-        cfg.train.batch_size_labeled = 0  # zero labels: plain SwAV / DINO pre-training
+    cfg = load_config(config_cls, args.config, args.overrides)  # labels or not: cfg.has_labels
     config_dict = to_dict(cfg)
     info, device = dist.init(cfg.train.device, cfg.train.dist_timeout_s)
     group_broken, lock, started = False, None, False
@@ -210,10 +208,7 @@ def train_main(
         wandb_logger = None
         if dist.is_main():
             wandb_logger = WandbLogger(cfg.log, run_dir, name, config_dict)
-        trainer = Trainer(
-            method, data, val_loader, cfg.train, cfg.optim, device, run_dir, config_dict,
-            wandb_logger, cfg.log.print_every,
-        )  # fmt: skip
+        trainer = Trainer(method, data, val_loader, cfg, device, run_dir, wandb_logger)
         if resume_from is not None:
             trainer.load_state(*resume_from)
         summary = trainer.fit()

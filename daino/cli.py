@@ -10,12 +10,12 @@ import sys
 import common  # noqa: F401  (torchvision compatibility shim)
 from common.errors import run_cli
 from common.run import train_main
-from daino.method import DainoRunConfig, build_daino
+from daino.method import Daino
 
 
 @run_cli
 def main(argv: list[str] | None = None) -> dict:
-    return train_main(argv, DainoRunConfig, build_daino, "Daino semi-supervised training")
+    return train_main(argv, Daino.config_cls, Daino.build, "Daino semi-supervised training")
 
 
 def console() -> None:

@@ -16,17 +16,22 @@ from typing import Literal
 import torch
 from torch import nn
 
-from common.checkpoint import load_partial, open_init_checkpoint, select_weights
+from common.checkpoint import (
+    load_partial,
+    load_state_strict,
+    open_init_checkpoint,
+    rows_of,
+    select_weights,
+)
 from common.errors import UserError
 from common.losses import (
     balanced_total,
     labeled_loss,
-    smoothed_one_hot,
-    soft_cross_entropy,
+    mixed_labels_loss,
     target_stats,
 )
-from common.method import Method, StepContext, StepOutput
-from common.mixup import batch_permutation, mix
+from common.method import EvalNetwork, Method, StepContext, StepOutput
+from common.mixup import mix_permuted
 from common.models.dino_head import DINOHead, cancel_last_layer_gradients
 from common.models.ema import ema_update_
 from common.models.factory import ModelConfig, build_backbone
@@ -148,13 +153,15 @@ class DainoNetwork(nn.Module):
 
 class Daino(Method):
     name = "daino"
+    config_cls = DainoRunConfig
+    backbone_prefix = "teacher.backbone."  # evaluated and validated: the teacher, as in DINO
 
     def __init__(self, cfg: DainoRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
         self.cfg, self.dcfg = cfg, cfg.daino
         self.num_classes, self.backbone_name = num_classes, cfg.model.backbone
         self.num_prototypes = self.dcfg.out_dim or num_classes
-        self.supervised = cfg.train.batch_size_labeled > 0
+        self.supervised = cfg.has_labels
         if self.supervised and self.num_prototypes != num_classes:
             raise UserError(
                 f"daino.out_dim={self.num_prototypes} but the data has {num_classes} classes: "
@@ -180,6 +187,36 @@ class Daino(Method):
             self.online_heads = OnlineHeads(self.student.tap_dims, num_classes)
 
     # ---------------------------------------------------------------- Method API
+    @classmethod
+    def build(cls, cfg: DainoRunConfig, num_classes: int, world_size: int) -> Daino:
+        method = cls(cfg, num_classes, world_size)
+        if cfg.model.init:
+            method.initialize_from(cfg.model.init, cfg.model.init_format)
+        return method
+
+    @classmethod
+    def eval_network(
+        cls, cfg: DainoRunConfig, ckpt: dict, path: str, with_taps: bool = False
+    ) -> EvalNetwork:
+        """The teacher; the online heads were trained on the student's features, so
+        ``with_taps`` rebuilds the student as well."""
+        key = "teacher.head.last_layer.parametrizations.weight.original1"
+        num_protos = rows_of(ckpt, key, path, cls.name)
+
+        def network(prefix: str) -> DainoNetwork:
+            backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
+            net = DainoNetwork(backbone, feat_dim, cfg.daino, num_protos)
+            what = "daino network" if prefix == "teacher." else "student"
+            load_state_strict(net, select_weights(ckpt, {prefix: ""}), path, what)
+            return net
+
+        teacher = network("teacher.")
+        out = EvalNetwork(teacher, teacher.backbone, lambda x: teacher([x]), num_protos)
+        if with_taps:
+            student = network("student.")
+            out.tapped, out.taps = student, lambda x: student([x], with_taps=True)[1]
+        return out
+
     @property
     def trainable(self) -> nn.Module:
         return self.student
@@ -223,9 +260,9 @@ class Daino(Method):
         mix_lab = d.mixup != "none" and b_l > 0
         lab_inputs = [labeled] if b_l else []
         if mix_lab:
-            lab_perm = batch_permutation(b_l, ctx.generator, labeled.device)
-            lab_mixed, lab_lam = mix(labeled, labeled[lab_perm], d.mixup, d.mixup_alpha,
-                                     ctx.generator, d.mixup_switch_prob)  # fmt: skip
+            lab_mixed, lab_perm, lab_lam = mix_permuted(
+                labeled, labeled, d.mixup, d.mixup_alpha, ctx.generator, d.mixup_switch_prob
+            )
             lab_inputs.append(lab_mixed)
         n_lab = b_l * len(lab_inputs)
 
@@ -250,9 +287,9 @@ class Daino(Method):
             terms["loss_labeled"] = loss_lab
             lab_terms.append((loss_lab, b_l))
         if mix_lab:
-            y = smoothed_one_hot(batch["labels"], self.num_classes, d.label_smoothing)
-            target = lab_lam * y + (1 - lab_lam) * y[lab_perm]
-            loss_mix = soft_cross_entropy(logits[b_l:n_lab].float() / d.student_temp, target)
+            loss_mix = mixed_labels_loss(logits[b_l:n_lab].float() / d.student_temp,
+                                         batch["labels"], lab_perm, lab_lam, self.num_classes,
+                                         d.label_smoothing)  # fmt: skip
             terms["loss_labeled_mix"] = loss_mix
             lab_terms.append((loss_mix, b_l))
         # per-sample mean over every image the student sees (or labeled_share for the labels)
@@ -316,7 +353,9 @@ class Daino(Method):
                 log.info("checkpoint %s has another number of outputs: its last layer and "
                          "center are not loaded", path)  # fmt: skip
         elif method == "suave":  # a Suave backbone starts both networks; heads stay fresh
-            sources = {net: {"net.backbone.": "backbone."} for net in ("student", "teacher")}
+            from suave.method import Suave  # where its checkpoints keep the backbone
+
+            sources = {net: {Suave.backbone_prefix: "backbone."} for net in ("student", "teacher")}
         else:
             raise UserError(f"checkpoint {path} is a {method!r} checkpoint, not Daino or Suave")
         for net_name, prefixes in sources.items():
@@ -338,10 +377,3 @@ class Daino(Method):
             self.loss.center.copy_(center)
         if self.online_heads is not None and method == "daino":
             self.online_heads.load_matching(ckpt, path)
-
-
-def build_daino(cfg: DainoRunConfig, num_classes: int, world_size: int) -> Daino:
-    method = Daino(cfg, num_classes, world_size)
-    if cfg.model.init:
-        method.initialize_from(cfg.model.init, cfg.model.init_format)
-    return method

@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.errors import UserError, run_cli  # noqa: E402
+from registry import LAUNCHABLE  # noqa: E402
 from scripts.aggregate_results import aggregate, markdown, write_tables  # noqa: E402
 
 CLASSES = {"cifar100": 100, "cifar10": 10}
@@ -75,7 +76,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(description=__doc__.split("\n")[0])
-    p.add_argument("--method", required=True, choices=("suave", "daino"))
+    p.add_argument("--method", required=True, choices=tuple(LAUNCHABLE))
     p.add_argument("--dataset", default="cifar100", choices=("cifar100", "cifar10", "imagefolder"))
     p.add_argument("--data_root", default=None, help="data root (imagefolder: train/ and val/)")
     p.add_argument("--labels", default="400,2500,10000", help="total labels per setting")

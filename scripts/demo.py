@@ -30,7 +30,7 @@ import common  # noqa: E402,F401  (torchvision compatibility shim)
 from common.errors import UserError, run_cli  # noqa: E402
 from common.plots import plot_comparison, val_top1_per_epoch  # noqa: E402
 from common.run import train_main  # noqa: E402
-from common.supervised import SupervisedRunConfig, build_supervised  # noqa: E402
+from registry import METHODS  # noqa: E402
 
 # The baseline's head copies the method's classifier: Suave's projector + prototypes, or
 # Daino's MLP head + weight-normalised last layer (its labeled CE divides by student_temp).
@@ -45,13 +45,9 @@ HEAD_KEYS = {
 
 
 def method_entry(method: str):
-    if method == "suave":
-        from suave.method import SuaveRunConfig, build_suave
-
-        return SuaveRunConfig, build_suave
-    from daino.method import DainoRunConfig, build_daino
-
-    return DainoRunConfig, build_daino
+    """(run config class, builder) of a method, from the registry."""
+    cls = METHODS[method]
+    return cls.config_cls, cls.build
 
 
 def baseline_recipe(method: str, recipe: dict) -> dict:
@@ -97,7 +93,7 @@ def main(argv=None) -> dict:
     (out / "supervised.yaml").write_text(yaml.safe_dump(twin, sort_keys=False))
     summaries = {}
     for label, run_cls, run_build, cfg_file, extra in (
-        ("supervised", SupervisedRunConfig, build_supervised, out / "supervised.yaml", []),
+        ("supervised", *method_entry("supervised"), out / "supervised.yaml", []),
         (args.method, cls, build, config, [*mine, "train.eval_every_epochs=1"]),
     ):
         summaries[label] = train_main(

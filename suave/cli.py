@@ -10,12 +10,12 @@ import sys
 import common  # noqa: F401  (torchvision compatibility shim)
 from common.errors import run_cli
 from common.run import train_main
-from suave.method import SuaveRunConfig, build_suave
+from suave.method import Suave
 
 
 @run_cli
 def main(argv: list[str] | None = None) -> dict:
-    return train_main(argv, SuaveRunConfig, build_suave, "Suave semi-supervised training")
+    return train_main(argv, Suave.config_cls, Suave.build, "Suave semi-supervised training")
 
 
 def console() -> None:

@@ -17,17 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import load_partial, open_init_checkpoint, select_weights
+from common.checkpoint import (
+    load_partial,
+    load_state_strict,
+    open_init_checkpoint,
+    rows_of,
+    select_weights,
+)
 from common.errors import UserError
 from common.losses import (
     balanced_total,
     labeled_loss,
-    smoothed_one_hot,
+    mixed_labels_loss,
     soft_cross_entropy,
     target_stats,
 )
-from common.method import Method, StepContext, StepOutput
-from common.mixup import batch_permutation, mix
+from common.method import EvalNetwork, Method, StepContext, StepOutput
+from common.mixup import mix_permuted
 from common.models.ema import ema_update_
 from common.models.factory import build_backbone
 from common.models.heads import Prototypes, build_projector
@@ -144,8 +150,33 @@ class SuaveNetwork(nn.Module):
         return z, self.prototypes(z)
 
 
+@dataclass
+class StepInputs:
+    """One step's network input: every image in one list, where each named part sits in it, and
+    the mixup draws ((permutation, lambda) of the labeled and of the unlabeled mix)."""
+
+    b_l: int  # labeled images
+    b_u: int  # unlabeled images (per crop)
+    n_views: int  # unlabeled crops per image
+    tensors: list[torch.Tensor] = field(default_factory=list)
+    parts: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, length)
+    lab_mix: tuple | None = None
+    unl_mix: tuple | None = None
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        self.parts[name] = (sum(t.shape[0] for t in self.tensors), tensor.shape[0])
+        self.tensors.append(tensor)
+
+    def take(self, name: str, output: torch.Tensor) -> torch.Tensor:
+        """The rows of a network output that belong to part ``name``."""
+        start, length = self.parts[name]
+        return output[start : start + length]
+
+
 class Suave(Method):
     name = "suave"
+    config_cls = SuaveRunConfig
+    backbone_prefix = "net.backbone."
 
     def __init__(self, cfg: SuaveRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
@@ -155,7 +186,7 @@ class Suave(Method):
         )
         self.num_classes, self.backbone_name = num_classes, cfg.model.backbone
         self.num_prototypes = self.scfg.num_prototypes or num_classes
-        self.supervised = cfg.train.batch_size_labeled > 0
+        self.supervised = cfg.has_labels
         if self.supervised and self.num_prototypes != num_classes:
             raise UserError(f"suave.num_prototypes={self.num_prototypes} but the data has "
                             f"{num_classes} classes: with labels, prototype k is class k "
@@ -180,6 +211,27 @@ class Suave(Method):
         return length // world_size
 
     # ---------------------------------------------------------------- Method API
+    @classmethod
+    def build(cls, cfg: SuaveRunConfig, num_classes: int, world_size: int) -> Suave:
+        method = cls(cfg, num_classes, world_size)
+        if cfg.model.init:
+            method.initialize_from(cfg.model.init, cfg.model.init_format, cfg.model.init_projector)
+        return method
+
+    @classmethod
+    def eval_network(
+        cls, cfg: SuaveRunConfig, ckpt: dict, path: str, with_taps: bool = False
+    ) -> EvalNetwork:
+        """``net`` (backbone, projector, prototypes); the online heads were trained on it too."""
+        num_protos = rows_of(ckpt, "net.prototypes.weight", path, cls.name)
+        backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
+        net = SuaveNetwork(backbone, feat_dim, cfg.suave, num_protos)
+        load_state_strict(net, select_weights(ckpt, {"net.": ""}), path, "suave network")
+        out = EvalNetwork(net, net.backbone, lambda x: net([x])[1], num_protos)
+        if with_taps:
+            out.tapped, out.taps = net, lambda x: net([x], with_taps=True)[2]
+        return out
+
     @property
     def trainable(self) -> nn.Module:
         return self.net
@@ -213,12 +265,14 @@ class Suave(Method):
     def _targets_network(self) -> nn.Module:
         return self.ema if self.ema is not None else self.net
 
+    def _queue_in_use(self, epoch: int) -> bool:
+        return self.queue is not None and epoch >= self.scfg.queue_start_epoch
+
     @torch.no_grad()
-    def _assignments(self, scores: list[torch.Tensor], embeds: list[torch.Tensor], epoch: int):
+    def _assignments(self, scores: dict[int, torch.Tensor], use_queue: bool) -> dict:
         """Sinkhorn-Knopp codes of each assignment crop, with the queue as extra context."""
         codes = {}
         weight = self._targets_network().prototypes.weight
-        use_queue = self.queue is not None and epoch >= self.scfg.queue_start_epoch
         for slot, view in enumerate(self.scfg.crops_for_assign):
             out = scores[view].detach().float()
             batch = out.shape[0]
@@ -232,95 +286,98 @@ class Suave(Method):
             codes[view] = sinkhorn_knopp(
                 out, self.scfg.epsilon, self.scfg.sinkhorn_iterations, last=batch, bound=1.0
             )
-        if use_queue:
-            self.queue.push([embeds[v].detach() for v in self.scfg.crops_for_assign])
         return codes
 
-    def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
+    def _inputs(self, batch: dict, ctx: StepContext) -> StepInputs:
+        """Labeled images (and their mixed copies), global crops, mixed globals, local crops:
+        one list in which same-size images stay adjacent for batched backbone calls."""
         s = self.scfg
         crops: list[torch.Tensor] = batch["unlabeled"]
-        n_views, b_u = len(crops), crops[0].shape[0]
         labeled = batch.get("labeled")
-        b_l = 0 if labeled is None else labeled.shape[0]
-        mix_lab = s.mixup != "none" and s.mixup_on in ("labeled", "both") and b_l > 0
+        x = StepInputs(0 if labeled is None else labeled.shape[0], crops[0].shape[0], len(crops))
+        mix_lab = s.mixup != "none" and s.mixup_on in ("labeled", "both") and x.b_l > 0
         mix_unl = s.mixup != "none" and s.mixup_on in ("unlabeled", "both")
-
-        # Assemble one input list; same-size images stay adjacent for batched backbone calls.
-        inputs, parts = [], {}
-
-        def add(name, tensor):
-            parts[name] = (sum(t.shape[0] for t in inputs), tensor.shape[0])
-            inputs.append(tensor)
-
-        if b_l:
-            add("lab", labeled)
+        if x.b_l:
+            x.add("lab", labeled)
             if mix_lab:
-                lab_perm = batch_permutation(b_l, ctx.generator, labeled.device)
-                lab_mixed, lab_lam = mix(labeled, labeled[lab_perm], s.mixup, s.mixup_alpha,
-                                         ctx.generator, s.mixup_switch_prob)  # fmt: skip
-                add("lab_mix", lab_mixed)
+                mixed, perm, lam = mix_permuted(labeled, labeled, s.mixup, s.mixup_alpha,
+                                                ctx.generator, s.mixup_switch_prob)  # fmt: skip
+                x.add("lab_mix", mixed)
+                x.lab_mix = (perm, lam)
         num_global = self.cfg.data.num_global
         for v in range(num_global):
-            add(f"view{v}", crops[v])
+            x.add(f"view{v}", crops[v])
         if mix_unl:
-            unl_perm = batch_permutation(b_u, ctx.generator, crops[0].device)
-            unl_mixed, unl_lam = mix(crops[0], crops[1][unl_perm], s.mixup, s.mixup_alpha,
-                                     ctx.generator, s.mixup_switch_prob)  # fmt: skip
-            add("unl_mix", unl_mixed)
-        for v in range(num_global, n_views):
-            add(f"view{v}", crops[v])
+            mixed, perm, lam = mix_permuted(crops[0], crops[1], s.mixup, s.mixup_alpha,
+                                            ctx.generator, s.mixup_switch_prob)  # fmt: skip
+            x.add("unl_mix", mixed)
+            x.unl_mix = (perm, lam)
+        for v in range(num_global, x.n_views):
+            x.add(f"view{v}", crops[v])
+        return x
 
-        heads = self.online_heads if b_l else None
-        if heads is not None:
-            embeds, scores, taps = self.forward_trainable(inputs, with_taps=True)
-        else:
-            embeds, scores = self.forward_trainable(inputs)
+    def _target_views(self, crops, x: StepInputs, view_scores, embeds) -> tuple[dict, dict]:
+        """Scores and embeddings the codes are computed from, by assignment crop: the EMA
+        network's (``use_momentum``) or the step's own."""
+        assign = self.scfg.crops_for_assign
+        if self.ema is None:
+            return {v: view_scores[v] for v in assign}, {v: x.take(f"view{v}", embeds)
+                                                          for v in assign}  # fmt: skip
+        with torch.no_grad():
+            t_emb, t_scores = self.ema([crops[v] for v in assign])
+        return dict(zip(assign, t_scores.split(x.b_u))), dict(zip(assign, t_emb.split(x.b_u)))
 
-        def take(name, tensor):
-            start, length = parts[name]
-            return tensor[start : start + length]
-
-        view_scores = [take(f"view{v}", scores) for v in range(n_views)]
-        if self.ema is not None:
-            with torch.no_grad():
-                globals_ = [crops[v] for v in self.scfg.crops_for_assign]
-                t_emb, t_scores = self.ema(globals_)
-            target_scores = dict(zip(s.crops_for_assign, t_scores.split(b_u)))
-            target_embeds = dict(zip(s.crops_for_assign, t_emb.split(b_u)))
-        else:
-            target_scores = {v: view_scores[v] for v in s.crops_for_assign}
-            target_embeds = {v: take(f"view{v}", embeds) for v in s.crops_for_assign}
-        codes = self._assignments(target_scores, target_embeds, ctx.epoch)
-
+    def _terms(self, batch: dict, x: StepInputs, scores, view_scores, codes) -> tuple:
+        """Named loss terms, and the (loss, samples) pairs of the labeled and the unlabeled
+        side that ``balanced_total`` weighs."""
+        s = self.scfg
         loss_unl = swapped_prediction_loss(view_scores, codes, s.temperature)
         terms = {"loss_unlabeled": loss_unl}
-        weighted, lab_terms = [(loss_unl, b_u * n_views)], []
-        if b_l:
-            loss_lab = labeled_loss(take("lab", scores), batch["labels"], s.temperature,
+        unl_terms, lab_terms = [(loss_unl, x.b_u * x.n_views)], []
+        if x.b_l:
+            loss_lab = labeled_loss(x.take("lab", scores), batch["labels"], s.temperature,
                                     s.label_smoothing)  # fmt: skip
             terms["loss_labeled"] = loss_lab
-            lab_terms.append((loss_lab, b_l))
-            if mix_lab:
-                y = smoothed_one_hot(batch["labels"], self.num_classes, s.label_smoothing)
-                target = lab_lam * y + (1 - lab_lam) * y[lab_perm]
-                loss = soft_cross_entropy(take("lab_mix", scores) / s.temperature, target)
+            lab_terms.append((loss_lab, x.b_l))
+            if x.lab_mix is not None:
+                loss = mixed_labels_loss(x.take("lab_mix", scores) / s.temperature,
+                                         batch["labels"], *x.lab_mix, self.num_classes,
+                                         s.label_smoothing)  # fmt: skip
                 terms["loss_labeled_mix"] = loss
-                lab_terms.append((loss, b_l))
-        if mix_unl:
-            target = unl_lam * codes[0] + (1 - unl_lam) * codes[1][unl_perm]
-            loss = soft_cross_entropy(take("unl_mix", scores) / s.temperature, target)
+                lab_terms.append((loss, x.b_l))
+        if x.unl_mix is not None:
+            perm, lam = x.unl_mix
+            target = lam * codes[0] + (1 - lam) * codes[1][perm]
+            loss = soft_cross_entropy(x.take("unl_mix", scores) / s.temperature, target)
             terms["loss_unlabeled_mix"] = loss
-            weighted.append((loss, b_u))
-        total = balanced_total(lab_terms, weighted, s.labeled_share)
+            unl_terms.append((loss, x.b_u))
+        return terms, lab_terms, unl_terms
+
+    def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
+        x = self._inputs(batch, ctx)
+        heads = self.online_heads if x.b_l else None
+        if heads is not None:
+            embeds, scores, taps = self.forward_trainable(x.tensors, with_taps=True)
+        else:
+            embeds, scores = self.forward_trainable(x.tensors)
+        view_scores = [x.take(f"view{v}", scores) for v in range(x.n_views)]
+        target_scores, target_embeds = self._target_views(batch["unlabeled"], x, view_scores,
+                                                          embeds)  # fmt: skip
+        use_queue = self._queue_in_use(ctx.epoch)
+        codes = self._assignments(target_scores, use_queue)
+        if use_queue:  # this step's embeddings join the queue after its own codes are made
+            self.queue.push([target_embeds[v].detach() for v in self.scfg.crops_for_assign])
+        terms, lab_terms, unl_terms = self._terms(batch, x, scores, view_scores, codes)
+        total = balanced_total(lab_terms, unl_terms, self.scfg.labeled_share)
         # Are the Sinkhorn-Knopp codes informative (entropy far below ln K, many prototypes used)?
         metrics = target_stats(torch.cat(list(codes.values())))
-        if b_l:
-            pred = take("lab", scores).detach().argmax(dim=1)
+        if x.b_l:
+            pred = x.take("lab", scores).detach().argmax(dim=1)
             # a tensor: read back on logging steps only (no host sync per step)
             metrics["train_labeled_acc"] = (pred == batch["labels"]).float().mean() * 100
         extra = None
         if heads is not None:  # clean labeled images only, features detached inside the heads
-            extra = heads.loss({k: take("lab", t) for k, t in taps.items()}, batch["labels"])
+            extra = heads.loss({k: x.take("lab", t) for k, t in taps.items()}, batch["labels"])
             terms["loss_online_heads"] = extra
         return StepOutput(total, terms, metrics, extra)
 
@@ -346,7 +403,7 @@ class Suave(Method):
             report = load_swav_backbone(self.net, path, load_projector=load_projector)
             log.info("initialised from SwAV checkpoint %s: %s", path, report)
         elif fmt == "ours":
-            prefixes = {"net.backbone.": "backbone."}
+            prefixes = {self.backbone_prefix: "backbone."}
             if load_projector:
                 prefixes["net.projector."] = "projector."
             if self.scfg.init_prototypes:
@@ -367,10 +424,3 @@ class Suave(Method):
             raise UserError(f"model.init_format '{fmt}' cannot initialise Suave (use swav or ours)")
         if self.ema is not None:
             self.ema.load_state_dict(self.net.state_dict())
-
-
-def build_suave(cfg: SuaveRunConfig, num_classes: int, world_size: int) -> Suave:
-    method = Suave(cfg, num_classes, world_size)
-    if cfg.model.init:
-        method.initialize_from(cfg.model.init, cfg.model.init_format, cfg.model.init_projector)
-    return method

@@ -127,3 +127,17 @@ def test_run_config_validation():
         load_config(SuaveRunConfig, None, ["model.backbone=resnet9000"])
     with pytest.raises(UserError, match="global_scale"):
         load_config(SuaveRunConfig, None, ["data.global_scale=[0.5,0.1]"])
+
+
+def test_labels_or_not_is_settled_once_when_the_config_loads():
+    """``has_labels``: one derived value that data, methods and evaluation read. Zero labels
+    per class is self-supervised pre-training whatever labeled batch the recipe names; the
+    resolved batch is what the run saves (and what a resume compares)."""
+    recipe = "suave/configs/cpu_demo.yaml"
+    ssl = load_config(SuaveRunConfig, recipe, ["data.labels_per_class=0"])
+    assert not ssl.has_labels and ssl.train.batch_size_labeled == 0
+    assert to_dict(ssl)["train"]["batch_size_labeled"] == 0
+    semi = load_config(SuaveRunConfig, recipe, ["data.labels_per_class=4"])
+    assert semi.has_labels and semi.train.batch_size_labeled > 0
+    no_batch = load_config(SuaveRunConfig, recipe, ["train.batch_size_labeled=0"])
+    assert not no_batch.has_labels

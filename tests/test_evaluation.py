@@ -20,8 +20,14 @@ from PIL import Image
 
 import evaluate
 import main_suave
-from common.eval import LinearProbeConfig, extract_features, knn_accuracy, knn_scores, linear_probe
-from common.eval.linear import standardizer
+from common.probes import (
+    LinearProbeConfig,
+    extract_features,
+    knn_accuracy,
+    knn_scores,
+    linear_probe,
+)
+from common.probes.linear import standardizer
 from tests.dist_utils import run_distributed
 from tests.helpers import TINY_SUAVE, assert_cli_error, randomize
 

@@ -35,23 +35,27 @@ def build(method: str, tmp_path, name: str, device: torch.device = CPU, **train)
                   "sync_bn": False, "device": device.type, **train},
     }  # fmt: skip
     if method == "suave":
+        from suave.method import Suave
         from suave.method import SuaveRunConfig as Cfg
-        from suave.method import build_suave as make
+
+        make = Suave.build
 
         sections["suave"] = {"projector_hidden_dim": 64, "embed_dim": 32, "queue_length": 0}
     else:
+        from daino.method import Daino
         from daino.method import DainoRunConfig as Cfg
-        from daino.method import build_daino as make
+
+        make = Daino.build
 
         sections["daino"] = {"head_hidden_dim": 64, "head_bottleneck_dim": 32,
                              "freeze_last_layer_epochs": 0}  # fmt: skip
     cfg = from_dict(Cfg, sections)
     torch.manual_seed(0)
     method_obj = make(cfg, 10, 1)
+    cfg.log.print_every, cfg.log.plots = 10**9, False
     return Trainer(
         method=method_obj, train_data=SimpleNamespace(steps_per_epoch=10), val_loader=None,
-        train_cfg=cfg.train, optim_cfg=cfg.optim, device=device, run_dir=tmp_path / name,
-        config_dict={}, print_every=10**9,
+        run_cfg=cfg, device=device, run_dir=tmp_path / name,
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import job_launcher as jl
+from registry import LAUNCHABLE
 from tests.helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,9 +271,9 @@ def test_local_mode_returns_child_exit_code(tmp_path, recipe, monkeypatch):
           "sys.exit(5 if 'train.seed=5' in sys.argv else 0)\n")  # fmt: skip
     monkeypatch.setattr(jl, "ROOT", fake_root)
     args = ["--mode", "local", "--method", "suave", "--script_file", str(recipe)]
-    assert jl.cli([*args, "--output_dir", str(tmp_path / "runs")]) == 0
+    assert jl.cli([*args, "--output_dir", str(tmp_path / "runs")], LAUNCHABLE) == 0
     # a real config key (the launcher now checks keys before it runs anything)
-    assert jl.cli([*args, "--output_dir", str(tmp_path / "runs"), "train.seed=5"]) == 5
+    assert jl.cli([*args, "--output_dir", str(tmp_path / "runs"), "train.seed=5"], LAUNCHABLE) == 5
 
 
 def test_sbatch_script_is_valid_bash(tmp_path):

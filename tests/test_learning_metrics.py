@@ -9,7 +9,7 @@ import torch
 from common.config import load_config
 from common.losses import target_stats
 from common.method import StepContext
-from common.supervised import Supervised, SupervisedRunConfig
+from supervised.method import Supervised, SupervisedRunConfig
 from tests.helpers import ROOT, random_multicrop_batch
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -14,10 +14,12 @@ from torch import nn
 
 import main_suave
 from common.checkpoint import checkpoint_files, load_file
-from common.engine import TrainConfig, Trainer
+from common.engine import Trainer
 from common.errors import NonFiniteLossError
+from common.logging_utils import LogConfig
 from common.method import Method, StepOutput
 from common.optim import OptimConfig
+from common.run_config import RunConfig, TrainConfig
 from tests.helpers import assert_cli_error
 from tests.reliability_utils import SUAVE
 
@@ -115,8 +117,8 @@ def test_fp16_overflow_is_skipped_not_fatal(tmp_path):
     )  # fmt: skip
     cfg = TrainConfig(epochs=1, device="cpu", precision="fp16", checkpoint_every_steps=1)
     optim = OptimConfig(name="sgd", base_lr=0.1, warmup_epochs=0)
-    trainer = Trainer(ToyMethod(overflow_at=2), data, None, cfg, optim, torch.device("cpu"),
-                      tmp_path, {}, None, 1)  # fmt: skip
+    run_cfg = RunConfig(train=cfg, optim=optim, log=LogConfig(print_every=1, plots=False))
+    trainer = Trainer(ToyMethod(overflow_at=2), data, None, run_cfg, torch.device("cpu"), tmp_path)
     assert trainer.fit()["step"] == 4
     ckpts = {n: load_file(tmp_path / "checkpoints" / f"checkpoint_{n:08d}.pth") for n in (2, 3, 4)}
     weight = [c["model"]["net.weight"] for c in ckpts.values()]

@@ -16,16 +16,16 @@ from common.config import load_config
 from common.data import build_train_data
 from common.method import StepContext
 from common.models.online_heads import PREFIX
-from daino.method import DainoRunConfig, build_daino
-from suave.method import SuaveRunConfig, build_suave
+from daino.method import Daino, DainoRunConfig
+from suave.method import Suave, SuaveRunConfig
 from tests.reliability_utils import DAINO, SUAVE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 METHODS = {
-    "suave": (SuaveRunConfig, build_suave, SUAVE, main_suave.main,
+    "suave": (SuaveRunConfig, Suave.build, SUAVE, main_suave.main,
               ["suave.mixup=switch", "suave.mixup_on=both"]),
-    "daino": (DainoRunConfig, build_daino, DAINO, main_daino.main, ["daino.mixup=switch"]),
+    "daino": (DainoRunConfig, Daino.build, DAINO, main_daino.main, ["daino.mixup=switch"]),
 }  # fmt: skip
 TAPS = {"suave": ["backbone", "proj1", "proj2"], "daino": ["backbone", "hidden", "bottleneck"]}
 
@@ -129,6 +129,6 @@ def test_no_heads_without_labels(tiny_data):
     """A zero-label (SwAV) run has nothing to train heads with: the switch is ignored."""
     config, overrides = recipe("suave", tiny_data, "suave.online_heads=true",
                                "train.batch_size_labeled=0", "data.labels_per_class=0")  # fmt: skip
-    model = build_suave(load_config(SuaveRunConfig, config, overrides), 3, 1)
+    model = Suave.build(load_config(SuaveRunConfig, config, overrides), 3, 1)
     assert model.online_heads is None
     assert not [k for k in model.state_dict() if k.startswith(PREFIX)]

@@ -43,7 +43,7 @@ def test_package_contents(installed, tmp_path):
     where = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert where.stdout.strip().startswith(str(installed)), where.stdout + where.stderr
-    for name in ("common", "suave", "daino", "common/models", "common/data", "common/eval"):
+    for name in ("common", "suave", "daino", "common/models", "common/data", "common/probes"):
         assert (installed / name / "__init__.py").is_file(), name
     assert (installed / "suave/configs/cpu_demo.yaml").is_file()
     assert (installed / "daino/scripts/cpu_demo.sh").is_file()

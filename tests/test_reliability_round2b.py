@@ -311,7 +311,7 @@ def test_labeled_batch_larger_than_the_labeled_set_warns(tiny_data, caplog):
 
 
 def test_launcher_dry_run_validates_config_keys(tmp_path, capsys):
-    from common.launcher import cli
+    from registry import launch as cli
 
     recipe = tmp_path / "r.sh"
     recipe.write_text("--config suave/configs/cpu_demo.yaml\n")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import job_launcher as jl
+from registry import LAUNCHABLE
 
 pytestmark = pytest.mark.slurm
 
@@ -87,7 +88,7 @@ def wait_done(job_id: str, timeout: float) -> str:
 
 
 def submit(capsys, argv: list[str]) -> str:
-    assert jl.cli(argv) == 0
+    assert jl.cli(argv, LAUNCHABLE) == 0
     out = capsys.readouterr().out
     return re.search(r"submitted job (\d+)", out).group(1)
 

@@ -216,3 +216,21 @@ def test_queue_count_is_read_again_after_a_state_load():
     assert fresh.count() == 3 and int(fresh.filled) == 3
     fresh.push([torch.zeros(6, 4)] * 2)
     assert fresh.count() == 8 and int(fresh.filled) == 8
+
+
+def test_mixed_labels_loss_is_the_cross_entropy_against_mixed_smoothed_labels():
+    """The one mixed-label term Suave and Daino share: mix_permuted's permutation and weight
+    mix the smoothed one-hot targets as they mixed the images."""
+    from common.losses import mixed_labels_loss, smoothed_one_hot, soft_cross_entropy
+    from common.mixup import mix_permuted
+
+    g = torch.Generator().manual_seed(3)
+    images, labels = torch.randn(6, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3, 4, 0])
+    mixed, perm, lam = mix_permuted(images, images, "mixup", 1.0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images[perm])
+    logits = torch.randn(6, 5, generator=g)
+    y = smoothed_one_hot(labels, 5, 0.1)
+    expected = soft_cross_entropy(logits, lam * y + (1 - lam) * y[perm])
+    torch.testing.assert_close(mixed_labels_loss(logits, labels, perm, lam, 5, 0.1), expected)
+    no_mix = mixed_labels_loss(logits, labels, perm, 1.0, 5, 0.0)  # weight 1: the plain labels
+    torch.testing.assert_close(no_mix, torch.nn.functional.cross_entropy(logits, labels))

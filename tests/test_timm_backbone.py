@@ -95,7 +95,8 @@ def test_suave_steps_on_real_images_with_a_timm_backbone(tmp_path, tiny_data):
     file; the checkpoint records the timm backbone and evaluation rebuilds it."""
     import main_suave
     from common.checkpoint import load_file
-    from common.eval.models import load_eval_model
+    from common.probes.networks import load_eval_model
+    from registry import METHODS
     from tests.reliability_utils import SUAVE
 
     weights = tmp_path / "r10t.pth"
@@ -109,7 +110,7 @@ def test_suave_steps_on_real_images_with_a_timm_backbone(tmp_path, tiny_data):
     ckpt = load_file(ckpt_path)
     assert ckpt["meta"]["backbone"] == "timm:resnet10t"
     assert any(k.startswith("net.backbone.layer4.") for k in ckpt["model"])
-    model = load_eval_model(str(ckpt_path), "auto", None, "teacher")
+    model = load_eval_model(str(ckpt_path), "auto", None, "teacher", methods=METHODS)
     with torch.no_grad():
         feats = model.features(torch.randn(2, 3, 16, 16))
     assert feats.shape == (2, 512)

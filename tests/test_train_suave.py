@@ -127,16 +127,16 @@ def test_zero_labels_is_self_supervised_and_feeds_the_semi_supervised_stage(tmp_
     assert "loss_labeled" not in read_csv(tmp_path / "ssl" / "metrics_step.csv")[0]
 
     from common.config import load_config
-    from suave.method import SuaveRunConfig, build_suave
+    from suave.method import Suave, SuaveRunConfig
 
     cfg = load_config(
         SuaveRunConfig, CONFIG, [*TINY, f"model.init={ckpt_path}", "model.init_projector=true"]
     )
-    semi = build_suave(cfg, num_classes=10, world_size=1)
+    semi = Suave.build(cfg, num_classes=10, world_size=1)
     assert semi.net.prototypes.weight.shape[0] == 10
     for key in ("backbone.conv1.weight", "projector.0.weight"):
         assert torch.equal(semi.net.state_dict()[key], ckpt["model"][f"net.{key}"]), key
     bad = load_config(SuaveRunConfig, CONFIG, [*TINY, f"model.init={ckpt_path}",
                                                "suave.init_prototypes=true"])  # fmt: skip
     with pytest.raises(UserError, match="30 prototypes, this run 10"):
-        build_suave(bad, num_classes=10, world_size=1)
+        Suave.build(bad, num_classes=10, world_size=1)

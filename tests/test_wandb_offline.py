@@ -156,7 +156,7 @@ def test_training_run_keys_and_steps_agree_everywhere(tmp_path, tiny_data, monke
     assert float(step_rows[0]["teacher_temp"]) < float(step_rows[-1]["teacher_temp"])
 
     # evaluate.py --log_to_run: k-NN / prototype results join the run at the checkpoint's step
-    from common.evaluate import main as evaluate_main
+    from evaluate import main as evaluate_main
 
     eval_args = ["--evaluators", "knn,prototype", "--num_workers", "0", "--knn_k", "5"]
     evaluate_main([str(run_dir / "checkpoints" / "checkpoint_00000006.pth"), "--log_to_run",

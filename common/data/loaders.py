@@ -11,7 +11,7 @@ position in the *global* batch, which seeds each sample's augmentations. Consequ
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -307,7 +307,6 @@ def collate_semisupervised(items) -> dict:
     n_views = len(unl[0][1]) if unl else 0
     batch = {
         "unlabeled": [torch.stack([it[1][v] for it in unl]) for v in range(n_views)],
-        "unlabeled_targets": torch.tensor([it[2] for it in unl], dtype=torch.long),
         "num_bad_images": sum(it[3] for it in items),
     }
     if lab:
@@ -349,7 +348,6 @@ class TrainData:
     classes: list[str]
     labeled_indices: np.ndarray
     num_unlabeled: int
-    extras: dict = field(default_factory=dict)
     device_transform: object = None  # (batch, generator) -> batch, run by the Trainer on device
 
     @property
@@ -374,11 +372,11 @@ def stop_workers(loader: DataLoader, iterator=None) -> None:
 
 
 def select_labeled(cfg: DataConfig, source) -> np.ndarray:
+    """The labeled subset: a list file, N images per class, or none (0 or unset: whether the
+    run uses labels at all is ``RunConfig.has_labels``, settled when the config was loaded)."""
     if cfg.label_list:
         return subset_from_list(source.names, source.classes, cfg.label_list)
-    if cfg.labels_per_class == 0:  # explicit self-supervised pre-training (plain SwAV / DINO)
-        return np.zeros(0, dtype=np.int64)
-    if cfg.labels_per_class is not None:
+    if cfg.labels_per_class:
         return labels_per_class_split(
             source.targets, cfg.labels_per_class, cfg.split_seed, source.classes
         )

@@ -48,7 +48,7 @@ def _timm_name(backbone: str) -> str:
     return name
 
 
-def build_timm(name: str, drop_path: float = 0.0, img_size: int = 224) -> tuple[nn.Module, int]:
+def build_timm(name: str, drop_path: float = 0.0) -> tuple[nn.Module, int]:
     """Pooled features of any timm model; ViT-like models take any crop size (multi-crop)."""
     timm = import_timm()
     if not timm.is_model(name):
@@ -57,7 +57,7 @@ def build_timm(name: str, drop_path: float = 0.0, img_size: int = 224) -> tuple[
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
     try:  # global and local crops of other sizes than the model's default
-        model = timm.create_model(name, img_size=img_size, dynamic_img_size=True, **kwargs)
+        model = timm.create_model(name, img_size=224, dynamic_img_size=True, **kwargs)
     except TypeError:  # a model without those options (CNNs take any size anyway)
         try:
             model = timm.create_model(name, **kwargs)
@@ -103,7 +103,7 @@ def load_timm_weights(model: nn.Module, path: str | Path, name: str) -> None:
     log.info("timm:%s weights loaded from %s (%d tensors)", name, path, len(state))
 
 
-def _vit(name: str, drop_path: float, img_size: int):
+def _vit(name: str, drop_path: float):
     from common.models import vit
 
     return getattr(vit, name)(drop_path_rate=drop_path)
@@ -125,14 +125,14 @@ BACKBONES = {
 
 
 def build_backbone(
-    name: str, drop_path: float = 0.0, img_size: int = 224, weights: str | None = None
+    name: str, drop_path: float = 0.0, weights: str | None = None
 ) -> tuple[nn.Module, int]:
     """``weights``: a local state dict for a ``timm:`` backbone (``model.timm_weights``)."""
     from common.models.resnet import MiniResNet, WideResNet, torchvision_resnet
 
     if name.startswith(TIMM_PREFIX):
         timm_name = _timm_name(name)
-        model, dim = build_timm(timm_name, drop_path, img_size)
+        model, dim = build_timm(timm_name, drop_path)
         if weights:
             load_timm_weights(model, weights, timm_name)
         return model, dim
@@ -150,7 +150,7 @@ def build_backbone(
     if name == "resnet_mini":
         return MiniResNet(), 256
     if name.startswith("vit_"):
-        model = _vit(name, drop_path, img_size)
+        model = _vit(name, drop_path)
         return model, model.embed_dim
     raise AssertionError(name)
 

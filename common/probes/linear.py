@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from common.eval.knn import topk_accuracy
+from common.probes.knn import topk_accuracy
 
 
 @dataclass

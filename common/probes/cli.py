@@ -24,13 +24,14 @@ import hashlib
 import json
 import logging
 import re
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 import common  # noqa: F401  (torchvision compatibility shim)
 from common import dist
+from common.accuracy import evaluate_classifier, evaluate_classifiers
 from common.checkpoint import class_differences, load_file, max_abs_weight, weight_limit
 from common.data.loaders import EvalDataset
 from common.data.sources import build_source
@@ -38,10 +39,10 @@ from common.data.splits import labels_per_class_split
 from common.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from common.engine import autocast_context
 from common.errors import UserError, run_cli
-from common.eval import LinearProbeConfig, extract_features, knn_accuracy, linear_probe
-from common.eval.models import FORMATS, load_eval_model
-from common.evaluation import evaluate_classifier, evaluate_classifiers
 from common.logging_utils import log_into_run, setup_logging
+from common.method import Method
+from common.probes import LinearProbeConfig, extract_features, knn_accuracy, linear_probe
+from common.probes.networks import FORMATS, load_eval_model
 
 log = logging.getLogger("evaluate")
 EVALUATORS = ("knn", "linear", "prototype")
@@ -280,8 +281,11 @@ def run_values(results: dict) -> dict:
             for k in ("top1", "top5")}  # fmt: skip
 
 
-def evaluate(args: argparse.Namespace, device: torch.device) -> dict:
-    model = load_eval_model(args.checkpoint, args.format, args.arch, args.which)
+def evaluate(
+    args: argparse.Namespace, device: torch.device, methods: Mapping[str, type[Method]]
+) -> dict:
+    """``methods``: the registry's classes, which rebuild our checkpoints' networks."""
+    model = load_eval_model(args.checkpoint, args.format, args.arch, args.which, methods=methods)
     warn_if_exploded(model, args.checkpoint)
     model.module.to(device).eval()
     data = data_settings(args, model.run_config)
@@ -360,14 +364,15 @@ def check_classes(model, classes: list[str], where: Path, checkpoint) -> None:
 
 
 @run_cli
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None, methods: Mapping[str, type[Method]]) -> dict:
+    """``python evaluate.py``; the registry hands ``methods`` in (``common`` knows none)."""
     args = parse_args(argv)
     setup_logging(None, 0)
     _, device = dist.init(args.device)
     try:
         setup_logging(None, dist.rank())
         target = run_target(args) if dist.is_main() else None
-        results = evaluate(args, device)
+        results = evaluate(args, device, methods)
         if dist.is_main():
             out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
                 Path(args.checkpoint))  # fmt: skip
@@ -387,12 +392,3 @@ def main(argv: list[str] | None = None) -> dict:
         return results
     finally:
         dist.shutdown()
-
-
-def console() -> None:
-    """``suave-daino-eval``: same as ``python evaluate.py``."""
-    main(sys.argv[1:])
-
-
-if __name__ == "__main__":
-    console()

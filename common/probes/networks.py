@@ -1,8 +1,9 @@
 """Networks to evaluate, from our run checkpoints or the official SwAV / DINO releases.
 
-Our checkpoints are rebuilt from the config saved inside them; only the evaluated network is
-built (Suave: ``net``, Daino: the ``teacher``), never the training state (queue, optimiser), so a
-checkpoint from any number of processes loads. Its prototypes are a classifier only when the run
+Our checkpoints are rebuilt from the config saved inside them by the method that wrote them
+(``Method.eval_network``, the class handed in from the registry); only the evaluated network is
+built, never the training state (queue, optimiser), so a checkpoint from any number of
+processes loads. Its prototypes are a classifier only when the run
 had labels (then prototype k is class k); zero-label (SwAV / DINO) prototypes are clusters.
 """
 
@@ -19,7 +20,9 @@ from torch import nn
 from common.checkpoint import load_file, load_state_strict, select_weights
 from common.config import from_dict
 from common.errors import UserError
+from common.method import EvalNetwork, Method
 from common.models.factory import build_backbone
+from common.models.online_heads import PREFIX, OnlineHeads
 
 log = logging.getLogger(__name__)
 
@@ -45,73 +48,54 @@ class EvalModel:
     health: dict | None = None  # ours: max |w| and its reference when it was saved
 
 
-def _has_labels(config: dict) -> bool:
-    data = config.get("data", {})
-    return bool(data.get("label_list")) or bool(data.get("labels_per_class"))
+def _has_eval_network(cls: type[Method]) -> bool:
+    return cls.eval_network.__func__ is not Method.eval_network.__func__
 
 
-def _our_model(path: str, ckpt: dict) -> EvalModel:
+def _our_model(path: str, ckpt: dict, methods: Mapping[str, type[Method]]) -> EvalModel:
     meta, config = ckpt.get("meta", {}), ckpt.get("config")
     if not isinstance(config, Mapping):
         raise UserError(f"checkpoint {path} has no saved config: cannot rebuild its network")
     method = meta.get("method")
-    if method == "suave":
-        from suave.method import SuaveNetwork, SuaveRunConfig
-
-        cfg = from_dict(SuaveRunConfig, dict(config))
-        prefix, proto_key = "net.", "net.prototypes.weight"
-    elif method == "daino":
-        from daino.method import DainoNetwork, DainoRunConfig
-
-        cfg = from_dict(DainoRunConfig, dict(config))
-        prefix, proto_key = "teacher.", "teacher.head.last_layer.parametrizations.weight.original1"
-    else:
-        raise UserError(f"checkpoint {path} is from method {method!r}, not suave or daino")
-    if proto_key not in ckpt["model"]:
-        raise UserError(f"checkpoint {path} lacks {proto_key}: not a complete {method} model")
-    num_protos = int(ckpt["model"][proto_key].shape[0])
-    backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
-    if method == "suave":
-        net = SuaveNetwork(backbone, feat_dim, cfg.suave, num_protos)
-        classify = lambda x: net([x])[1]  # noqa: E731
-    else:
-        net = DainoNetwork(backbone, feat_dim, cfg.daino, num_protos)
-        classify = lambda x: net([x])  # noqa: E731
-    load_state_strict(net, select_weights(ckpt, {prefix: ""}), path, f"{method} network")
-    model = EvalModel(net, net.backbone, None, method, cfg.model.backbone, num_protos, dict(config))
+    evaluable = {n: c for n, c in methods.items() if _has_eval_network(c)}
+    cls = evaluable.get(method)
+    if cls is None:
+        raise UserError(f"checkpoint {path} is from method {method!r}, not "
+                        f"{' or '.join(evaluable)}")  # fmt: skip
+    cfg = from_dict(cls.config_cls, dict(config))
+    head_dims = _online_head_dims(ckpt)
+    net = cls.eval_network(cfg, ckpt, path, with_taps=bool(head_dims))
+    model = EvalModel(net.module, net.features, None, method, cfg.model.backbone,
+                      net.num_prototypes, dict(config))  # fmt: skip
     model.classes = meta.get("classes")
     model.health = ckpt.get("health")
-    supervised = meta.get("supervised", _has_labels(config))  # older checkpoints: the config
-    if supervised and num_protos == meta.get("num_classes"):
-        model.classify = classify
+    supervised = meta.get("supervised", cfg.has_labels)  # older checkpoints: their config
+    if supervised and net.num_prototypes == meta.get("num_classes"):
+        model.classify = net.classify
     else:
-        model.notes.append(f"{num_protos} prototypes are clusters (trained without labels)")
-    _attach_online_heads(model, path, ckpt, cfg)
+        model.notes.append(f"{net.num_prototypes} prototypes are clusters (trained without labels)")
+    if head_dims:
+        _attach_online_heads(model, path, ckpt, head_dims, net)
     return model
 
 
-def _attach_online_heads(model: EvalModel, path: str, ckpt: dict, cfg) -> None:
-    """The run's online linear heads, on the network they were trained on (Suave: ``net``,
-    Daino: the student); the evaluated module becomes a container of all of them."""
-    from common.models.online_heads import PREFIX, OnlineHeads
-
-    dims = {k[len(PREFIX) + 6 : -7]: int(v.shape[1]) for k, v in ckpt["model"].items()
+def _online_head_dims(ckpt: dict) -> dict[str, int]:
+    """{depth name: feature width} of the run's online linear heads (empty: it had none)."""
+    return {k[len(PREFIX) + 6 : -7]: int(v.shape[1]) for k, v in ckpt["model"].items()
             if k.startswith(PREFIX + "heads.") and k.endswith(".weight")}  # fmt: skip
-    if not dims:
-        return
+
+
+def _attach_online_heads(
+    model: EvalModel, path: str, ckpt: dict, dims: dict[str, int], net: EvalNetwork
+) -> None:
+    """The run's online linear heads, on the network they were trained on (``net.tapped``);
+    the evaluated module becomes a container of all of them."""
     num_classes = int(ckpt["model"][f"{PREFIX}heads.{next(iter(dims))}.weight"].shape[0])
     heads = OnlineHeads(dims, num_classes)
     load_state_strict(heads, select_weights(ckpt, {PREFIX: ""}), path, "online heads")
-    tapped = model.module
-    if model.kind == "daino":  # trained on the student's features: read them there
-        from daino.method import DainoNetwork
-
-        backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
-        tapped = DainoNetwork(backbone, feat_dim, cfg.daino, model.num_prototypes)
-        load_state_strict(tapped, select_weights(ckpt, {"student.": ""}), path, "student")
-    taps_at = 2 if model.kind == "suave" else 1
-    model.heads = lambda x: heads(tapped([x], with_taps=True)[taps_at])
-    model.module = nn.ModuleDict({"network": model.module, "tapped": tapped, "heads": heads})
+    taps = net.taps
+    model.heads = lambda x: heads(taps(x))
+    model.module = nn.ModuleDict({"network": model.module, "tapped": net.tapped, "heads": heads})
 
 
 def _state_of(obj) -> dict:
@@ -156,9 +140,15 @@ def sniff_foreign(obj, path: str) -> tuple[str, str]:
 
 
 def load_eval_model(
-    path: str, fmt: str = "auto", arch: str | None = None, which: str = "teacher"
+    path: str,
+    fmt: str = "auto",
+    arch: str | None = None,
+    which: str = "teacher",
+    *,
+    methods: Mapping[str, type[Method]],
 ) -> EvalModel:
-    """Build the network stored in ``path`` (our run checkpoint or an official release)."""
+    """Build the network stored in ``path`` (our run checkpoint or an official release); one of
+    ours is rebuilt by the class in ``methods`` (the registry) named in its meta."""
     if fmt not in FORMATS:
         raise UserError(f"unknown checkpoint format '{fmt}' (choose from {', '.join(FORMATS)})")
     if not Path(path).is_file():
@@ -170,7 +160,7 @@ def load_eval_model(
             if fmt == "ours":
                 raise
         else:
-            return _our_model(path, ckpt)
+            return _our_model(path, ckpt, methods)
     from common.models import pretrained
 
     guessed_fmt, guessed_arch = sniff_foreign(pretrained.read_checkpoint(path), path)

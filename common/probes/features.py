@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from common import dist
+from common.accuracy import model_outputs
 from common.errors import UserError
-from common.evaluation import model_outputs
 
 
 def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:

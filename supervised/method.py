@@ -49,8 +49,8 @@ class SupervisedRunConfig(RunConfig):
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
 
     def validate(self) -> None:
-        if self.train.batch_size_labeled < 1:
-            raise UserError("the supervised baseline needs train.batch_size_labeled >= 1")
+        if not self.has_labels:
+            raise UserError("the supervised baseline needs labels: train.batch_size_labeled >= 1")
 
 
 class PrototypeClassifier(nn.Module):
@@ -83,6 +83,8 @@ class PrototypeClassifier(nn.Module):
 
 class Supervised(Method):
     name = "supervised"
+    config_cls = SupervisedRunConfig
+    backbone_prefix = "net.backbone."
 
     def __init__(self, cfg: SupervisedRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
@@ -96,6 +98,14 @@ class Supervised(Method):
         # a linear head's logits are used as they are.
         cosine = self.scfg.head != "linear"
         self.logit_scale = 1.0 / self.scfg.temperature if cosine else 1.0
+
+    @classmethod
+    def build(cls, cfg: SupervisedRunConfig, num_classes: int, world_size: int) -> Supervised:
+        if cfg.model.init:
+            raise UserError(
+                "the supervised baseline trains from scratch (model.init is not supported)"
+            )
+        return cls(cfg, num_classes, world_size)
 
     @property
     def trainable(self) -> nn.Module:
@@ -126,9 +136,3 @@ class Supervised(Method):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.backbone(images)
-
-
-def build_supervised(cfg: SupervisedRunConfig, num_classes: int, world_size: int) -> Supervised:
-    if cfg.model.init:
-        raise UserError("the supervised baseline trains from scratch (model.init is not supported)")
-    return Supervised(cfg, num_classes, world_size)
