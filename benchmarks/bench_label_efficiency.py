@@ -45,7 +45,7 @@ SHARED_RECIPE = {
               "weight_decay": 5.0e-4, "momentum": 0.9},
     "train": {"batch_size_unlabeled": 64, "batch_size_labeled": 64, "eval_batch_size": 500,
               "checkpoint_every_steps": 0, "checkpoint_every_epochs": 1000,
-              "eval_every_epochs": 1000},
+              "eval_every_epochs": 1000, "channels_last": True},
     "log": {"print_every": 20},
 }  # fmt: skip
 HEAD = {"projector_hidden_dim": 512, "embed_dim": 128, "temperature": 0.1,
