@@ -495,9 +495,9 @@ class Trainer:
                 self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), self._bad_images)
                 window_start, window_steps, waited = time.perf_counter(), 0, 0.0
             tic = time.perf_counter()
-            boundary = log_now or self._at_epoch_end(step, last_step) or should_save(
-                step, last_step, self.spe, cfg.checkpoint_every_steps, cfg.checkpoint_every_epochs
-            )
+            every = (cfg.checkpoint_every_steps, cfg.checkpoint_every_epochs)
+            boundary = log_now or self._at_epoch_end(step, last_step)
+            boundary = boundary or should_save(step, last_step, self.spe, *every)
             if self._preemption_requested(step, boundary):
                 self.save(step)
                 if dist.is_main():
