@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from common.errors import UserError
+from common.errors import ProcessGroupLostError, UserError
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,9 @@ def is_comm_failure(err: BaseException) -> bool:
     return isinstance(err, dist_error) or bool(_COMM_FAILURE.search(str(err)))
 
 
-def lost_contact_error(err: BaseException, timeout_s: float) -> UserError:
+def lost_contact_error(err: BaseException, timeout_s: float) -> ProcessGroupLostError:
     """One line for a broken process group: which rank noticed, why, and the timeout knob."""
-    return UserError(
+    return ProcessGroupLostError(
         f"rank {rank()} lost contact with the process group ({_first_sentence(err)}): another "
         f"rank died or stalled, see its log; a stall is given up after train.dist_timeout_s="
         f"{timeout_s:g} s"

@@ -8,12 +8,16 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.dist_utils import free_port
 from tests.reliability_utils import start_entry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BASE = [
     "--config", "suave/configs/cpu_demo.yaml", "data.normalization=cifar", "data.global_size=16",
@@ -105,3 +109,25 @@ def test_missing_rank_at_start_times_out_without_touching_the_run(tmp_path, tiny
     assert_one_error_line(code, err, r"rank 0 could not form the process group of 2 at "
                                      r"127.0.0.1:\d+ within train.dist_timeout_s=4 s")  # fmt: skip
     assert not (tmp_path / "runs").exists()
+
+
+def test_lost_group_exits_without_interpreter_teardown(tmp_path):
+    """A broken process group ends the process with os._exit(2) after its one line, the log
+    flushed: the normal exit ran c10d destructors that aborted rank 0 (SIGABRT) once in CI."""
+    log_file = tmp_path / "run.log"
+    code = f"""
+import atexit, logging, sys
+sys.path.insert(0, {str(ROOT)!r})
+from common.errors import ProcessGroupLostError, run_cli
+logging.basicConfig(filename={str(log_file)!r}, level=logging.INFO)
+atexit.register(lambda: print("atexit ran", flush=True))
+@run_cli
+def main():
+    logging.getLogger("t").info("before the loss of the group")
+    raise ProcessGroupLostError("rank 0 lost contact with the process group (test)")
+main()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert_one_error_line(proc.returncode, proc.stderr, r"^error: rank 0 lost contact")
+    assert "atexit ran" not in proc.stdout  # the interpreter's teardown was skipped
+    assert "before the loss of the group" in log_file.read_text()  # but the log was flushed
