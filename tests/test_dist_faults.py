@@ -10,14 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.dist_utils import free_port
-from tests.reliability_utils import start_entry
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.reliability_utils import ROOT, entry_env, start_entry
 
 BASE = [
     "--config", "suave/configs/cpu_demo.yaml", "data.normalization=cifar", "data.global_size=16",
@@ -116,8 +113,7 @@ def test_lost_group_exits_without_interpreter_teardown(tmp_path):
     flushed: the normal exit ran c10d destructors that aborted rank 0 (SIGABRT) once in CI."""
     log_file = tmp_path / "run.log"
     code = f"""
-import atexit, logging, sys
-sys.path.insert(0, {str(ROOT)!r})
+import atexit, logging
 from common.errors import ProcessGroupLostError, run_cli
 logging.basicConfig(filename={str(log_file)!r}, level=logging.INFO)
 atexit.register(lambda: print("atexit ran", flush=True))
@@ -127,7 +123,8 @@ def main():
     raise ProcessGroupLostError("rank 0 lost contact with the process group (test)")
 main()
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=entry_env(),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert_one_error_line(proc.returncode, proc.stderr, r"^error: rank 0 lost contact")
     assert "atexit ran" not in proc.stdout  # the interpreter's teardown was skipped
     assert "before the loss of the group" in log_file.read_text()  # but the log was flushed
