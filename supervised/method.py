@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
-from common.losses import labeled_loss
+from common.losses import labeled_loss, mixed_labels_loss, weighted_total
 from common.method import Method, StepContext, StepOutput
+from common.mixup import mix_permuted
 from common.models.dino_head import DINOHead
 from common.models.factory import build_backbone
 from common.models.heads import Prototypes, build_projector
@@ -38,10 +39,18 @@ class SupervisedConfig:
     norm_last_layer: bool = False
     temperature: float = 0.1  # prototypes head: logits = cosine / temperature
     label_smoothing: float = 0.01
+    # labeled mixup / CutMix as the methods' (suave.mixup / daino.mixup on the labeled batch):
+    # mixed copies of the labeled batch are appended and weigh as much as the clean ones, so a
+    # method with labeled mixup is compared with a baseline that has it too
+    mixup: Literal["none", "mixup", "cutmix", "switch"] = "none"
+    mixup_alpha: float = 1.0
+    mixup_switch_prob: float = 0.5
 
     def validate(self) -> None:
         if self.temperature <= 0 or not 0 <= self.label_smoothing < 1:
             raise UserError("supervised.temperature > 0 and 0 <= label_smoothing < 1")
+        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
+            raise UserError("supervised.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
 
 
 @dataclass
@@ -119,12 +128,23 @@ class Supervised(Method):
                 "num_classes": self.num_classes}  # fmt: skip
 
     def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
-        scores = self.forward_trainable(batch["labeled"])
-        loss = labeled_loss(scores, batch["labels"], 1.0 / self.logit_scale,
-                            self.scfg.label_smoothing)  # fmt: skip
+        s, labeled, labels = self.scfg, batch["labeled"], batch["labels"]
+        if s.mixup == "none":
+            scores = self.forward_trainable(labeled)
+        else:  # one forward over clean + mixed copies, as the methods' labeled batch
+            mixed, perm, lam = mix_permuted(labeled, labeled, s.mixup, s.mixup_alpha,
+                                            ctx.generator, s.mixup_switch_prob)  # fmt: skip
+            scores, mixed_scores = self.forward_trainable(torch.cat([labeled, mixed])).chunk(2)
+        loss = labeled_loss(scores, labels, 1.0 / self.logit_scale, s.label_smoothing)
+        terms = {"loss_labeled": loss}
+        if s.mixup != "none":
+            terms["loss_labeled_mix"] = mixed_labels_loss(mixed_scores * self.logit_scale, labels,
+                                                          perm, lam, self.num_classes,
+                                                          s.label_smoothing)  # fmt: skip
+            loss = weighted_total([(loss, len(labels)), (terms["loss_labeled_mix"], len(labels))])
         pred = scores.detach().argmax(dim=1)
-        acc = float((pred == batch["labels"]).float().mean()) * 100
-        return StepOutput(loss, {"loss_labeled": loss}, {"train_labeled_acc": acc})
+        acc = float((pred == labels).float().mean()) * 100
+        return StepOutput(loss, terms, {"train_labeled_acc": acc})
 
     @torch.no_grad()
     def after_optimizer_step(self, ctx: StepContext) -> None:

@@ -93,3 +93,56 @@ def test_bench_recipes_share_everything_but_the_unlabeled_loss(tmp_path):
         section = bench.METHODS[method][2]
         for key in head_keys:
             assert a[section][key] == b["supervised"][key], (method, key)
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix", "switch"])
+def test_supervised_labeled_mixup_matches_the_methods_labeled_mix(mode):
+    """The baseline's labeled mixup draws the mix Suave draws from the same generator (so a
+    method with labeled mixup is compared with a baseline that has it) and weighs the mixed
+    copies as samples: half of the loss."""
+    from common.losses import labeled_loss, mixed_labels_loss
+    from common.mixup import mix_permuted
+
+    cfg = load_config(SupervisedRunConfig, None, [
+        "model.backbone=resnet_mini", "supervised.projector_hidden_dim=32",
+        "supervised.embed_dim=16", f"supervised.mixup={mode}",
+        "train.batch_size_labeled=4"])  # fmt: skip
+    torch.manual_seed(0)
+    method = Supervised(cfg, 10)
+    batch = random_multicrop_batch(8, 4, num_classes=10)
+    out = method.training_step(batch, ctx())
+    assert set(out.terms) == {"loss_labeled", "loss_labeled_mix"}
+    torch.testing.assert_close(
+        out.loss, (out.terms["loss_labeled"] + out.terms["loss_labeled_mix"]) / 2
+    )
+    # recompute by hand: the same draw from a fresh generator of the same seed
+    mixed, perm, lam = mix_permuted(batch["labeled"], batch["labeled"], mode, 1.0,
+                                    ctx().generator, 0.5)  # fmt: skip
+    scores = method.net(torch.cat([batch["labeled"], mixed]))
+    clean, mix_scores = scores.chunk(2)
+    torch.testing.assert_close(out.terms["loss_labeled"],
+                               labeled_loss(clean, batch["labels"], 0.1, 0.01))  # fmt: skip
+    torch.testing.assert_close(out.terms["loss_labeled_mix"], mixed_labels_loss(
+        mix_scores / 0.1, batch["labels"], perm, lam, 10, 0.01))  # fmt: skip
+    out.loss.backward()
+    assert method.net.prototypes.weight.grad is not None
+
+
+def test_bench_reports_the_gap_per_split_and_its_mean_and_std(tmp_path):
+    """Several labeled splits (the paper's CIFAR protocol: mean +- std over 3 seeds): each split
+    is its own data.split_seed, and the gap is taken per split before averaging."""
+    a, b = bench.recipe("suave", tmp_path, 4, 3, 0, 0), bench.recipe("suave", tmp_path, 4, 3, 0, 2)
+    assert (a["data"].pop("split_seed"), b["data"].pop("split_seed")) == (0, 2)
+    assert a == b
+    results = {"c10": {0: {"supervised": {"top1": 20.0}, "suave": {"top1": 30.0}},
+                       1: {"supervised": {"top1": 25.0}, "suave": {"top1": 29.0}},
+                       2: {"supervised": {"top1": 22.0}, "suave": {"top1": 30.0},
+                           "daino": {"top1": 40.0}}}}  # fmt: skip
+    assert bench.gaps(results) == {"c10": {"suave": [10.0, 4.0, 8.0]}}  # daino: no baseline run
+    mean, std = bench.mean_std([10.0, 4.0, 8.0])
+    assert mean == pytest.approx(22 / 3) and std == pytest.approx(3.0550505, rel=1e-6)
+    assert bench.mean_std([3.0]) == (3.0, 0.0)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(SystemExit, match="split_seeds"):
+        bench.main(["--data", str(tmp_path), "--split_seeds", "x"])
