@@ -81,6 +81,22 @@ def test_bench_plan_adds_each_baseline_and_routes_overrides():
     assert bench.overrides_for("supervised_dino", overrides) == ["optim.base_lr=0.4"]
 
 
+def test_bench_baseline_gets_its_methods_labeled_mixup():
+    """Labeled mixup is a labeled-batch augmentation: the baseline mirrors it (it lifts the
+    baseline itself by several points), unless the method mixes only unlabeled globals."""
+    over = ["suave.mixup=switch", "suave.mixup_alpha=0.5", "daino.mixup=cutmix"]
+    assert bench.overrides_for("supervised", over) == ["supervised.mixup=switch",
+                                                       "supervised.mixup_alpha=0.5"]  # fmt: skip
+    assert bench.overrides_for("supervised_dino", over) == ["supervised.mixup=cutmix"]
+    assert bench.overrides_for("suave", over) == over[:2]
+    unl = ["suave.mixup=switch", "suave.mixup_on=unlabeled"]
+    assert bench.overrides_for("supervised", unl) == []
+    both = ["suave.mixup=switch", "suave.mixup_on=both", "supervised.mixup=none"]
+    assert bench.overrides_for("supervised", both)[-1] == "supervised.mixup=none"  # explicit wins
+    cfg = load_config(SupervisedRunConfig, None, bench.overrides_for("supervised", both))
+    assert cfg.supervised.mixup == "none"
+
+
 def test_bench_recipes_share_everything_but_the_unlabeled_loss(tmp_path):
     for method, base in bench.BASELINE.items():
         a = bench.recipe(method, tmp_path, 4, 3, 0)
