@@ -58,6 +58,13 @@ def baseline_recipe(method: str, recipe: dict) -> dict:
     base["model"]["init"] = None
     head = {ours: recipe[method][theirs] for theirs, ours in HEAD_KEYS[method].items()}
     base["supervised"] = {"head": "prototypes" if method == "suave" else "dino", **head}
+    # labeled mixup augments the labeled batch: the twin gets the same (Suave's "unlabeled"
+    # mode mixes only unlabeled globals); it alone moves the baseline by several points
+    own = recipe[method]
+    if own.get("mixup", "none") != "none" and own.get("mixup_on", "labeled") != "unlabeled":
+        base["supervised"].update(
+            {k: own[k] for k in ("mixup", "mixup_alpha", "mixup_switch_prob")}
+        )
     return base
 
 

@@ -58,3 +58,33 @@ def test_demo_compares_like_with_like_and_prints_its_runs_numbers(tmp_path, cifa
     base, meth_cfg = (yaml.safe_load((run / "config.yaml").read_text()) for run in runs.values())
     assert base["model"]["backbone"] == meth_cfg["model"]["backbone"]
     assert base["optim"] == meth_cfg["optim"] and base["train"] == meth_cfg["train"]
+
+
+@pytest.mark.parametrize(
+    "method, mix, expected",
+    [("suave", {"mixup": "switch", "mixup_on": "both"}, "switch"),
+     ("suave", {"mixup": "cutmix", "mixup_on": "labeled"}, "cutmix"),
+     ("suave", {"mixup": "switch", "mixup_on": "unlabeled"}, "none"),
+     ("daino", {"mixup": "mixup"}, "mixup"),
+     ("daino", {}, "none")],
+)  # fmt: skip
+def test_demo_twin_mirrors_the_methods_labeled_mixup(method, mix, expected):
+    """Labeled mixup is a labeled-batch augmentation: the baseline twin gets the same one."""
+    import sys
+
+    import yaml
+
+    from tests.helpers import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import demo
+
+    cls, _ = demo.method_entry(method)
+    recipe = demo.resolved(cls, ROOT / method / "configs" / "cpu_demo.yaml",
+                           [f"{method}.mixup_alpha=0.4", *(f"{method}.{k}={v}"
+                                                           for k, v in mix.items())])  # fmt: skip
+    twin = demo.baseline_recipe(method, recipe)["supervised"]
+    assert twin.get("mixup", "none") == expected
+    if expected != "none":
+        assert twin["mixup_alpha"] == 0.4
+    yaml.safe_dump(twin)  # plain data, as written to supervised.yaml
