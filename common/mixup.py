@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
+
+# The config keys that describe a labeled-batch mix (suave.*, daino.*, supervised.*).
+LABELED_MIXUP_KEYS = ("mixup", "mixup_alpha", "mixup_switch_prob")
+
+
+def labeled_mixup_settings(section: Mapping) -> dict:
+    """The mixup settings a method's config section applies to its labeled batch ({} if none).
+
+    A supervised-only twin copies them: labeled mixup is an augmentation of the labeled batch
+    (it lifts a supervised baseline by several points), so a comparison with it on one side only
+    would credit the unlabeled images with mixup's gain. Suave's ``mixup_on: unlabeled`` mixes
+    only unlabeled globals; Daino has no ``mixup_on`` (its mixup is labeled only).
+    """
+    if section.get("mixup", "none") == "none" or section.get("mixup_on", "labeled") == "unlabeled":
+        return {}
+    return {k: section[k] for k in LABELED_MIXUP_KEYS if k in section}
 
 
 def sample_lambda(alpha: float, generator: torch.Generator) -> float:

@@ -28,6 +28,7 @@ import yaml  # noqa: E402
 
 import common  # noqa: E402,F401  (torchvision compatibility shim)
 from common.errors import UserError, run_cli  # noqa: E402
+from common.mixup import labeled_mixup_settings  # noqa: E402
 from common.plots import plot_comparison, val_top1_per_epoch  # noqa: E402
 from common.run import train_main  # noqa: E402
 from registry import METHODS  # noqa: E402
@@ -58,13 +59,7 @@ def baseline_recipe(method: str, recipe: dict) -> dict:
     base["model"]["init"] = None
     head = {ours: recipe[method][theirs] for theirs, ours in HEAD_KEYS[method].items()}
     base["supervised"] = {"head": "prototypes" if method == "suave" else "dino", **head}
-    # labeled mixup augments the labeled batch: the twin gets the same (Suave's "unlabeled"
-    # mode mixes only unlabeled globals); it alone moves the baseline by several points
-    own = recipe[method]
-    if own.get("mixup", "none") != "none" and own.get("mixup_on", "labeled") != "unlabeled":
-        base["supervised"].update(
-            {k: own[k] for k in ("mixup", "mixup_alpha", "mixup_switch_prob")}
-        )
+    base["supervised"].update(labeled_mixup_settings(recipe[method]))  # same labeled mix
     return base
 
 
