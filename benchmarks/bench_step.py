@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", default="16+8", help="unlabeled+labeled images per step")
     p.add_argument("--num_classes", type=int, default=100)
     p.add_argument("--queue_length", type=int, default=3840, help="Suave queue (pre-filled)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32")
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
@@ -147,7 +147,7 @@ class MethodBench:
         for group in self.backbone_opt.param_groups:
             group["lr"] = 1e-6  # tiny steps: the weights barely move between timed calls
         self.backbone_scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.cfg.train.precision == "fp16"
+            self.device.type, enabled=self.trainer.precision == "fp16"
         )
         if args.compile:
             self.backbone.compile()

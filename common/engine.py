@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import signal
 import time
 from collections.abc import Callable
@@ -65,7 +66,36 @@ def fault_injection_hook(step: int) -> None:
                 os.kill(os.getpid(), sig)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, ARM BF16). oneDNN's
+    own check also says yes on AVX512 CPUs that only emulate bf16, where it is no faster."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return True  # ARM: oneDNN's check is the BF16 extension itself
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no cheap way to tell, so no
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast where the device computes bf16 natively (CUDA with bf16, a CPU
+    with AVX512-BF16 / AMX / ARM BF16), else fp32. bf16 needs no loss scaling; the losses and
+    Sinkhorn-Knopp run in fp32 either way. Measured 1.5x faster CPU training steps (RESULTS.md)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def autocast_context(precision: str, device: torch.device):
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -160,14 +190,17 @@ class Trainer:
         self.world = dist.world_size()
         self.spe = train_data.steps_per_epoch
         self.total_steps = train_cfg.epochs * self.spe
-        self.amp = autocast_context(train_cfg.precision, device)
+        self.precision = resolve_precision(train_cfg.precision, device)
+        if train_cfg.precision == "auto":
+            log.info("train.precision auto -> %s on %s", self.precision, device.type)
+        self.amp = autocast_context(self.precision, device)
         self._prepare_model()
         groups = param_groups(method.trainable, exclude_bias_norm=optim_cfg.excludes_bias_norm)
         if method.online_heads is not None:  # same optimiser and lr schedule, no weight decay
             groups += head_param_groups(method.online_heads, optim_cfg.name == "lars",
                                         optim_cfg.excludes_bias_norm)  # fmt: skip
         self.optimizer = build_optimizer(optim_cfg, groups, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=train_cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         global_batch = train_cfg.batch_size_unlabeled * self.world
         peak = optim_cfg.peak_lr(global_batch)
         self.lr_schedule = cosine_schedule(

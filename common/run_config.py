@@ -23,7 +23,8 @@ class TrainConfig:
     batch_size_labeled: int = 32  # per process
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 where the device computes it natively, else fp32 (engine.resolve_precision)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     channels_last: bool = False
     compile: bool = False  # torch.compile the trainable network and any teacher/EMA copy
     cudnn_benchmark: bool = True  # CUDA: autotune conv kernels (multi-crop shapes are fixed)

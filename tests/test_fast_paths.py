@@ -103,6 +103,40 @@ def test_bf16_autocast_close_to_fp32(tmp_path, method):
     assert torch.nn.functional.cosine_similarity(delta16, delta32, dim=0) > 0.95
 
 
+def test_precision_auto_follows_the_hardware(tmp_path, monkeypatch):
+    """auto = bf16 where the device computes it natively, fp32 elsewhere; explicit values are
+    never changed, and the GradScaler stays off (it belongs to fp16 only)."""
+    from common import engine
+
+    assert engine.resolve_precision("fp16", CPU) == "fp16"
+    assert engine.resolve_precision("fp32", CPU) == "fp32"
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda native=native: native)
+        assert engine.resolve_precision("auto", CPU) == expected
+        trainer = build("suave", tmp_path, f"auto_{native}", precision="auto")
+        assert trainer.precision == expected and not trainer.scaler.is_enabled()
+        with trainer.amp():
+            y = torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))
+        assert y.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_native_bf16_check_reads_the_cpu_flags(monkeypatch):
+    """oneDNN says bf16 on any AVX512 x86 CPU, even one that only emulates it (no faster than
+    fp32): on x86 the CPU's own avx512_bf16 / amx_bf16 flag decides."""
+    from common import engine
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(engine.platform, "machine", lambda: "x86_64")
+    for flags, expected in (("fpu avx512f avx512bw", False), ("fpu avx512_bf16", True),
+                            ("fpu amx_bf16 amx_tile", True)):  # fmt: skip
+        monkeypatch.setattr(engine.Path, "read_text", lambda self, flags=flags: flags)
+        assert engine.cpu_has_native_bf16() is expected
+    monkeypatch.setattr(engine.platform, "machine", lambda: "aarch64")
+    assert engine.cpu_has_native_bf16() is True
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert engine.cpu_has_native_bf16() is False
+
+
 def _compile_works() -> str:
     """Why torch.compile cannot run here, or '' when it can."""
     if not hasattr(torch, "compile"):
