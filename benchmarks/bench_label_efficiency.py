@@ -50,7 +50,7 @@ SHARED_RECIPE = {
               "weight_decay": 5.0e-4, "momentum": 0.9},
     "train": {"batch_size_unlabeled": 64, "batch_size_labeled": 64, "eval_batch_size": 500,
               "checkpoint_every_steps": 0, "checkpoint_every_epochs": 1000,
-              "eval_every_epochs": 1000, "channels_last": True},
+              "eval_every_epochs": 1000, "channels_last": True, "precision": "auto"},
     "log": {"print_every": 20},
 }  # fmt: skip
 HEAD = {"projector_hidden_dim": 512, "embed_dim": 128, "temperature": 0.1,
@@ -130,14 +130,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # overrides may come before and after options
 
 
-# Epochs per data set: ~1,200 steps of 64 unlabeled images, about 7 minutes of Suave on 2 idle
-# cores (cifar10-mini has 5,000 training images: 15 x 78 = 1,170 steps; cifar100-mini 10,000:
-# 8 x 156 = 1,248). Measured (benchmarks/RESULTS.md, issue 15): at 390 steps the unlabeled
-# term had not yet paid off (Suave -0.4 to +0.8 points); the gap grows with the steps, the
-# supervised-only baseline does not (its 40 labels are fitted within a few hundred steps).
-# Other folders: as many epochs as ~1,200 steps of 64 images.
-DEFAULT_STEPS = 1200
-DEFAULT_EPOCHS = {"cifar10-mini": 15, "cifar100-mini": 8}
+# Epochs per data set: ~1,800 steps of 64 unlabeled images, about 7 minutes of Suave on 2 idle
+# cores with bf16 autocast (train.precision=auto: 1.5x faster steps on a CPU with AVX512-BF16 /
+# AMX; ~1.5x longer runs without). cifar10-mini has 5,000 training images: 22 x 78 = 1,716 steps;
+# cifar100-mini 10,000: 12 x 156 = 1,872. Measured (benchmarks/RESULTS.md, issue 15): the gap
+# grows with the steps (-0.4 / +4.9 points at 390 / 1,170 steps on cifar10-mini), the
+# supervised-only baseline does not (its labels are fitted within a few hundred steps).
+# Other folders: as many epochs as ~1,800 steps of 64 images.
+DEFAULT_STEPS = 1800
+DEFAULT_EPOCHS = {"cifar10-mini": 22, "cifar100-mini": 12}
 
 
 def default_epochs(root: Path) -> int:
