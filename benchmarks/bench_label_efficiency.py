@@ -198,8 +198,11 @@ def run_one(method: str, root: Path, args, out_dir: Path, split_seed: int = 0) -
         ["--config", str(config_file), "--output_dir", str(out_dir), "--name", name,
          *overrides_for(method, args.overrides)], cls, build, f"{method} on {root.name}",
     )  # fmt: skip
+    labeled = out_dir / name / "labeled.txt"  # what the run used, whatever the overrides said
+    count = len(labeled.read_text().splitlines()) if labeled.is_file() else None
     return {"top1": summary.get("val_top1", float("nan")), "epochs": epochs,
-            "steps": summary.get("step"), "minutes": (time.perf_counter() - tic) / 60}  # fmt: skip
+            "steps": summary.get("step"), "minutes": (time.perf_counter() - tic) / 60,
+            "labeled": count}  # fmt: skip
 
 
 def plan(methods: list[str], baselines: bool = True) -> list[str]:
@@ -254,7 +257,7 @@ def main(argv=None) -> dict:
         for k, res in splits.items():
             split = f" split {k}" if len(splits) > 1 else ""
             for method, r in res.items():
-                print(f"{dataset}{split} {args.labels_per_class} labels/class {method}: top-1 "
+                print(f"{dataset}{split} {r.get('labeled')} labeled images {method}: top-1 "
                       f"{r['top1']:.2f}% ({r['steps']} steps, {r['epochs']} epochs, "
                       f"{r['minutes']:.1f} min)")  # fmt: skip
     for dataset, by_method in gaps(results).items():

@@ -2,6 +2,7 @@
 
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,3 +163,24 @@ def test_bench_reports_the_gap_per_split_and_its_mean_and_std(tmp_path):
     (tmp_path / "val").mkdir()
     with pytest.raises(SystemExit, match="split_seeds"):
         bench.main(["--data", str(tmp_path), "--split_seeds", "x"])
+
+
+def test_bench_reports_the_labeled_images_each_run_used(tmp_path, monkeypatch, capsys):
+    """The result lines count the run's own labeled.txt, so an override of
+    data.labels_per_class (or a labeled list) is reported as run, not as --labels_per_class."""
+    for sub in ("train", "val"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+
+    def fake_train(argv, *args):
+        out, name = Path(argv[argv.index("--output_dir") + 1]), argv[argv.index("--name") + 1]
+        (out / name).mkdir(parents=True)
+        (out / name / "labeled.txt").write_text("a/1.png\nb/2.png\nc/3.png\n")
+        return {"val_top1": 12.5, "step": 7}
+
+    monkeypatch.setattr(bench, "train_main", fake_train)
+    argv = ["--data", str(tmp_path / "data"), "--epochs", "1", "--split_seeds", "0",
+            "--methods", "suave", "--output_dir", str(tmp_path / "out"),
+            "data.labels_per_class=1"]  # fmt: skip
+    results = bench.main(argv)
+    assert results["data"][0]["suave"]["labeled"] == 3
+    assert "data 3 labeled images suave: top-1 12.50%" in capsys.readouterr().out
