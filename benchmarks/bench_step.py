@@ -32,6 +32,7 @@ from common.engine import Trainer, step_generator
 from common.method import StepContext
 from common.models.multicrop import forward_multicrop
 from common.optim import build_optimizer, param_groups
+from common.run_config import PRECISIONS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", default="16+8", help="unlabeled+labeled images per step")
     p.add_argument("--num_classes", type=int, default=100)
     p.add_argument("--queue_length", type=int, default=3840, help="Suave queue (pre-filled)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")

@@ -66,9 +66,10 @@ def fault_injection_hook(step: int) -> None:
                 os.kill(os.getpid(), sig)
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, ARM BF16). oneDNN's
-    own check also says yes on AVX512 CPUs that only emulate bf16, where it is no faster."""
+    own check also says yes on AVX512 CPUs that only emulate bf16, where it is no faster, so on
+    x86 the flags in ``cpuinfo`` decide."""
     try:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False
@@ -77,7 +78,7 @@ def cpu_has_native_bf16() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
         return True  # ARM: oneDNN's check is the BF16 extension itself
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        flags = cpuinfo.read_text().split()
     except OSError:  # not Linux: no cheap way to tell, so no
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from common.data import DataConfig
 from common.errors import UserError
 from common.logging_utils import LogConfig
 from common.models.factory import ModelConfig
 from common.optim import OptimConfig
+
+# auto: bf16 where the device computes it natively, else fp32 (engine.resolve_precision)
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+PRECISIONS = get_args(Precision)  # for the command-line tools' --precision
 
 
 @dataclass
@@ -23,8 +27,7 @@ class TrainConfig:
     batch_size_labeled: int = 32  # per process
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    # auto: bf16 where the device computes it natively, else fp32 (engine.resolve_precision)
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False  # torch.compile the trainable network and any teacher/EMA copy
     cudnn_benchmark: bool = True  # CUDA: autotune conv kernels (multi-crop shapes are fixed)

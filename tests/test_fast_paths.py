@@ -120,7 +120,7 @@ def test_precision_auto_follows_the_hardware(tmp_path, monkeypatch):
         assert y.dtype == (torch.bfloat16 if native else torch.float32)
 
 
-def test_native_bf16_check_reads_the_cpu_flags(monkeypatch):
+def test_native_bf16_check_reads_the_cpu_flags(tmp_path, monkeypatch):
     """oneDNN says bf16 on any AVX512 x86 CPU, even one that only emulates it (no faster than
     fp32): on x86 the CPU's own avx512_bf16 / amx_bf16 flag decides."""
     from common import engine
@@ -129,8 +129,9 @@ def test_native_bf16_check_reads_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(engine.platform, "machine", lambda: "x86_64")
     for flags, expected in (("fpu avx512f avx512bw", False), ("fpu avx512_bf16", True),
                             ("fpu amx_bf16 amx_tile", True)):  # fmt: skip
-        monkeypatch.setattr(engine.Path, "read_text", lambda self, flags=flags: flags)
-        assert engine.cpu_has_native_bf16() is expected
+        (tmp_path / "cpuinfo").write_text(f"processor : 0\nflags : {flags}\n")
+        assert engine.cpu_has_native_bf16(tmp_path / "cpuinfo") is expected
+    assert engine.cpu_has_native_bf16(tmp_path / "missing") is False  # not Linux
     monkeypatch.setattr(engine.platform, "machine", lambda: "aarch64")
     assert engine.cpu_has_native_bf16() is True
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)

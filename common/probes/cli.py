@@ -43,6 +43,7 @@ from common.logging_utils import log_into_run, setup_logging
 from common.method import Method
 from common.probes import LinearProbeConfig, extract_features, knn_accuracy, linear_probe
 from common.probes.networks import FORMATS, load_eval_model
+from common.run_config import PRECISIONS
 
 log = logging.getLogger("evaluate")
 EVALUATORS = ("knn", "linear", "prototype")
@@ -94,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--batch_size", type=int, default=256)
     r.add_argument("--num_workers", type=int, default=4)
     r.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    r.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
+    r.add_argument("--precision", default="fp32", choices=PRECISIONS)
     r.add_argument("--output_dir", default=None, help="where the JSON/CSV go")
     r.add_argument("--name", default=None, help="file name stem (default: checkpoint stem)")
     r.add_argument("--log_to_run", nargs="?", const="", default=None, metavar="RUN_DIR",
