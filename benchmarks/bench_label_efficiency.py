@@ -30,7 +30,9 @@ from pathlib import Path
 import benchlib  # noqa: F401  (sets sys.path and the torchvision shim first)
 import yaml
 from benchlib import SHARED_DATA
+from PIL import Image
 
+from common.data.sources import IMAGE_EXTENSIONS
 from common.mixup import labeled_mixup_settings
 from common.run import train_main
 from registry import METHODS as REGISTRY
@@ -43,7 +45,6 @@ SHARED_RECIPE = {
         "jitter": [0.4, 0.4, 0.4, 0.1],
         "local_scale": [0.1, 0.3], "global_blur": [0.0, 0.0], "local_blur": 0.0,
         "labeled_size": 24, "labeled_scale": [0.3, 1.0], "eval_size": 24, "eval_resize": 24,
-        "num_workers": 2,
     },
     "model": {"backbone": "resnet_mini"},
     "optim": {"name": "sgd", "base_lr": 0.8, "final_lr": 0.001, "warmup_epochs": 0.3,
@@ -130,15 +131,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # overrides may come before and after options
 
 
-# Epochs per data set: ~1,800 steps of 64 unlabeled images, about 7 minutes of Suave on 2 idle
-# cores with bf16 autocast (train.precision=auto: 1.5x faster steps on a CPU with AVX512-BF16 /
-# AMX; ~1.5x longer runs without). cifar10-mini has 5,000 training images: 22 x 78 = 1,716 steps;
-# cifar100-mini 10,000: 12 x 156 = 1,872. Measured (benchmarks/RESULTS.md, issue 15): the gap
-# grows with the steps (-0.4 / +4.9 points at 390 / 1,170 steps on cifar10-mini), the
-# supervised-only baseline does not (its labels are fitted within a few hundred steps).
-# Other folders: as many epochs as ~1,800 steps of 64 images.
+# Epochs per data set: about 7-8 minutes of Suave on 2 idle cores with bf16 autocast
+# (train.precision=auto: 1.5x faster steps on a CPU with AVX512-BF16 / AMX; ~1.5x longer runs
+# without) and the in-memory data path (data_path below, 1.5x the steps/s of PIL workers).
+# cifar10-mini has 5,000 training images: 22 x 78 = 1,716 steps (the demo's budget, which must
+# fit 10 minutes with its baseline); cifar100-mini 10,000: 15 x 156 = 2,340. Measured
+# (benchmarks/RESULTS.md, issue 15): the gap grows with the steps (-0.4 / +4.9 points at 390 /
+# 1,170 steps on cifar10-mini), the supervised-only baseline does not (its labels are fitted
+# within a few hundred steps). Other folders: as many epochs as ~1,800 steps of 64 images.
 DEFAULT_STEPS = 1800
-DEFAULT_EPOCHS = {"cifar10-mini": 22, "cifar100-mini": 12}
+DEFAULT_EPOCHS = {"cifar10-mini": 22, "cifar100-mini": 15}
 
 
 def default_epochs(root: Path) -> int:
@@ -148,12 +150,49 @@ def default_epochs(root: Path) -> int:
     return max(1, round(DEFAULT_STEPS * 64 / max(images, 1)))
 
 
+# Where crops and colour jitter run. A CIFAR-sized folder of equal-size images is held in memory
+# as uint8 and augmented in batches by the training process (data.augment_on=device with
+# device_resident, no loader workers): measured on 2 cores, Suave 3.0 -> 4.8 steps/s (the PIL
+# workers took the cores the model needs; benchmarks/RESULTS.md, issue 15 part 5). Larger or
+# mixed-size folders keep two PIL workers.
+RESIDENT_MAX_IMAGES = 60_000
+RESIDENT = {"augment_on": "device", "device_resident": True, "num_workers": 0}
+WORKERS = {"augment_on": "workers", "num_workers": 2}
+
+
+def data_path(root: Path) -> dict:
+    """``RESIDENT`` when ``root/train`` holds at most RESIDENT_MAX_IMAGES images of one size
+    (read from the file headers), else ``WORKERS``."""
+    files = [f for f in (root / "train").rglob("*")
+             if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]  # fmt: skip
+    if not files or len(files) > RESIDENT_MAX_IMAGES:
+        return dict(WORKERS)
+    sizes = set()
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                sizes.add(img.size)
+        except OSError:  # unreadable: the workers path names it (data.bad_images)
+            return dict(WORKERS)
+        if len(sizes) > 1:
+            return dict(WORKERS)
+    return dict(RESIDENT)
+
+
 def recipe(
-    method: str, root: Path, labels: int, epochs: int, seed: int, split_seed: int = 0
+    method: str,
+    root: Path,
+    labels: int,
+    epochs: int,
+    seed: int,
+    split_seed: int = 0,
+    data: dict | None = None,
 ) -> dict:
+    """One run's config; ``data``: the loading keys (``data_path(root)`` when not given)."""
     _, _, section, values = METHODS[method]
     cfg = yaml.safe_load(yaml.safe_dump(SHARED_RECIPE))
     cfg["data"].update(root=str(root), labels_per_class=labels, split_seed=split_seed,
+                       **(data_path(root) if data is None else data),
                        **DATA_ONLY.get(method, {}))  # fmt: skip
     cfg["model"].update(MODEL_ONLY.get(method, {}))
     if method in OPTIM_ONLY:

@@ -112,6 +112,29 @@ def test_bench_recipes_share_everything_but_the_unlabeled_loss(tmp_path):
             assert a[section][key] == b["supervised"][key], (method, key)
 
 
+def test_bench_holds_small_equal_size_folders_in_memory_and_falls_back_to_workers(tmp_path):
+    from PIL import Image
+
+    def folder(name, sizes):
+        root = tmp_path / name
+        for i, size in enumerate(sizes):
+            (root / "train" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", size).save(root / "train" / f"c{i % 2}" / f"{i}.png")
+        (root / "train" / "c0" / "notes.txt").write_text("not an image")
+        return root
+
+    same = folder("same", [(32, 32)] * 4)
+    assert bench.data_path(same) == bench.RESIDENT
+    assert bench.recipe("suave", same, 4, 3, 0)["data"]["device_resident"] is True
+    assert bench.recipe("supervised", same, 4, 3, 0)["data"]["device_resident"] is True
+    assert bench.data_path(folder("mixed", [(32, 32), (32, 32), (40, 32)])) == bench.WORKERS
+    assert bench.data_path(tmp_path / "missing") == bench.WORKERS
+    broken = folder("broken", [(32, 32)] * 2)
+    (broken / "train" / "c0" / "bad.png").write_bytes(b"not a png")
+    assert bench.data_path(broken) == bench.WORKERS  # the workers path names the bad file
+    assert bench.recipe("suave", same, 4, 3, 0, data=bench.WORKERS)["data"]["num_workers"] == 2
+
+
 @pytest.mark.parametrize("mode", ["mixup", "cutmix", "switch"])
 def test_supervised_labeled_mixup_matches_the_methods_labeled_mix(mode):
     """The baseline's labeled mixup draws the mix Suave draws from the same generator (so a

@@ -88,9 +88,10 @@ class DataConfig:
     # "device" (workers decode + crop/flip to uint8; common/data/device_aug.py on the training
     # device). "device" is meant as the CUDA default once proven on a GPU.
     augment_on: Literal["workers", "device"] = "workers"
-    # photometric part with augment_on=device: "fused" (colour ops as one per-sample affine map,
-    # one clamp, YIQ hue; ~8x faster on a CPU) or "exact" (op by op, torchvision's functional ops
-    # to float32 rounding). Measured difference and speeds: benchmarks/RESULTS.md (issue 16).
+    # photometric part with augment_on=device: "fused" (brightness / contrast / saturation as
+    # per-sample affine maps, a clamp after each jitter stage, HSV hue; ~7x faster on a CPU at
+    # CIFAR crops) or "exact" (op by op, torchvision's functional ops to float32 rounding).
+    # Measured difference and speeds: benchmarks/RESULTS.md (issue 16).
     device_aug_mode: Literal["fused", "exact"] = "fused"
     # with augment_on=device: the whole data set as uint8 on the training device (CIFAR-sized
     # sets of equal-size images); workers only hand out indices, crops run there too
