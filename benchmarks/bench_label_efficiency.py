@@ -6,11 +6,12 @@ temperature for Suave, Daino's head for Daino), the label smoothing, the optimis
 and the number of steps; the only difference is that the method also learns from every training
 image (Suave through its Sinkhorn-Knopp swapped prediction, Daino through its teacher).
 Validation top-1 is on the ``val/`` folder. The recipe below is a CPU-sized Suave recipe (small
-ResNet, 24 px crops, ~1,200 steps) chosen to fit ~7 minutes per Suave / Daino run on 2
-idle cores (the issue-15 budget: at most ~8 minutes per run). As in the paper's CIFAR protocol,
-every comparison runs on 3 seeded labeled splits and the gap is reported as mean +- std: with 4
-labels per class one split is not a measurement (Suave's cifar10-mini gap was +4.9, +10.1 and
-+13.6 points on splits 0, 1 and 2, benchmarks/RESULTS.md).
+ResNet, 24 px crops, bf16 where the CPU computes it natively, CIFAR-sized data held in memory,
+1,716 / 2,340 steps) chosen to fit ~6-8 minutes per Suave run on 2 idle cores (the issue-15
+budget: at most ~8 minutes per run; Daino's steps cost ~15 % more). As in the paper's CIFAR
+protocol, every comparison runs on 3 seeded labeled splits and the gap is reported as mean +-
+std: with 4 labels per class one split is not a measurement (Suave's cifar10-mini gap was +4.9,
++10.1 and +13.6 points on splits 0, 1 and 2 in part 3 of benchmarks/RESULTS.md).
 
   python benchmarks/bench_label_efficiency.py                       # cifar10-mini + cifar100-mini
   python benchmarks/bench_label_efficiency.py --datasets cifar10-mini --split_seeds 0  # 1 split
