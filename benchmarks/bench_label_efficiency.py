@@ -33,7 +33,8 @@ import yaml
 from benchlib import SHARED_DATA
 from PIL import Image
 
-from common.data.sources import IMAGE_EXTENSIONS
+from common.data.sources import ImageFolderSource
+from common.errors import UserError
 from common.mixup import labeled_mixup_settings
 from common.run import train_main
 from registry import METHODS as REGISTRY
@@ -163,10 +164,14 @@ WORKERS = {"augment_on": "workers", "num_workers": 2}
 
 def data_path(root: Path) -> dict:
     """``RESIDENT`` when ``root/train`` holds at most RESIDENT_MAX_IMAGES images of one size
-    (read from the file headers), else ``WORKERS``."""
-    files = [f for f in (root / "train").rglob("*")
-             if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]  # fmt: skip
-    if not files or len(files) > RESIDENT_MAX_IMAGES:
+    (read from the file headers), else ``WORKERS``. The images are the ones a run loads
+    (``ImageFolderSource``); a folder it refuses keeps ``WORKERS``, and the run names the
+    problem."""
+    try:
+        files = ImageFolderSource(root / "train").paths
+    except UserError:
+        return dict(WORKERS)
+    if len(files) > RESIDENT_MAX_IMAGES:
         return dict(WORKERS)
     sizes = set()
     for f in files:
@@ -226,10 +231,14 @@ def overrides_for(method: str, overrides: list[str]) -> list[str]:
     return mirrored_mixup(method, overrides) + own
 
 
-def run_one(method: str, root: Path, args, out_dir: Path, split_seed: int = 0) -> dict:
+def run_one(
+    method: str, root: Path, args, out_dir: Path, split_seed: int = 0, data: dict | None = None
+) -> dict:
+    """One training run; ``data``: the folder's loading keys (``data_path``, computed once per
+    folder by ``main``; looked up here when not given)."""
     cls, build, _, _ = METHODS[method]
     epochs = args.epochs or default_epochs(root)
-    cfg = recipe(method, root, args.labels_per_class, epochs, args.seed, split_seed)
+    cfg = recipe(method, root, args.labels_per_class, epochs, args.seed, split_seed, data)
     name = f"{root.name}_{method}" + (f"_split{split_seed}" if split_seed else "")
     config_file = out_dir / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -290,7 +299,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(args.output_dir or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        results = {r.name: {k: {m: run_one(m, r, args, out_dir, k) for m in methods}
+        paths = {r: data_path(r) for r in roots}  # one header scan per folder, not per run
+        results = {r.name: {k: {m: run_one(m, r, args, out_dir, k, paths[r]) for m in methods}
                             for k in split_seeds} for r in roots}  # fmt: skip
     print(f"\nresults: {json.dumps(results)}")
     for dataset, splits in results.items():
