@@ -50,19 +50,30 @@ def labeled_loss(
 
 
 @torch.no_grad()
-def target_stats(targets: torch.Tensor) -> dict[str, torch.Tensor]:
+def target_stats(
+    targets: torch.Tensor, labels: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """How informative soft pseudo-labels (B x K rows summing to 1) are, for monitoring.
 
     ``target_entropy``: mean row entropy in nats (ln K = uniform, i.e. no signal);
     ``target_used``: how many of the K prototypes are the argmax of at least one row (a small
-    number = collapse onto a few clusters); ``target_max``: mean top probability.
+    number = collapse onto a few clusters); ``target_max``: mean top probability;
+    ``target_acc`` (with ``labels``, the classes of the rows' images, repeated per view): % of
+    rows whose argmax is the image's class, the pseudo-labels' accuracy. Only a monitor: the
+    labels of unlabeled images never reach a loss (and mean nothing when the unlabeled folders
+    are not their classes).
     """
     p = targets.detach().float()
     entropy = -(p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
-    used = torch.bincount(p.argmax(dim=1), minlength=p.shape[1]).gt(0).sum()
+    top = p.argmax(dim=1)
+    used = torch.bincount(top, minlength=p.shape[1]).gt(0).sum()
     # tensors: the engine reads metrics back on logging steps only (no host sync per step)
-    return {"target_entropy": entropy, "target_used": used.float(),
-            "target_max": p.max(dim=1).values.mean()}  # fmt: skip
+    stats = {"target_entropy": entropy, "target_used": used.float(),
+             "target_max": p.max(dim=1).values.mean()}  # fmt: skip
+    if labels is not None and labels.numel() and p.shape[0] % labels.numel() == 0:
+        truth = labels.to(top.device).repeat(p.shape[0] // labels.numel())
+        stats["target_acc"] = (top == truth).float().mean() * 100
+    return stats
 
 
 def balanced_total(

@@ -299,7 +299,10 @@ class Daino(Method):
             "teacher_temp": self.loss.teacher_temperature(ctx.epoch),
             "teacher_momentum": float(self.momentum_schedule[ctx.step]),
             # entropy, prototypes used, top probability: tensors, read back on logging steps only
-            **target_stats(torch.cat(probs)),
+            # + target_acc when output k is class k (with labels)
+            **target_stats(
+                torch.cat(probs), batch.get("unlabeled_labels") if self.supervised else None
+            ),
         }
         if b_l:
             pred = lab_logits.detach().argmax(dim=1)

@@ -369,8 +369,10 @@ class Suave(Method):
             self.queue.push([target_embeds[v].detach() for v in self.scfg.crops_for_assign])
         terms, lab_terms, unl_terms = self._terms(batch, x, scores, view_scores, codes)
         total = balanced_total(lab_terms, unl_terms, self.scfg.labeled_share)
-        # Are the Sinkhorn-Knopp codes informative (entropy far below ln K, many prototypes used)?
-        metrics = target_stats(torch.cat(list(codes.values())))
+        # Are the Sinkhorn-Knopp codes informative (entropy far below ln K, many prototypes used,
+        # and with prototype k = class k, how often their top class is the image's: target_acc)?
+        truth = batch.get("unlabeled_labels") if self.supervised else None
+        metrics = target_stats(torch.cat(list(codes.values())), truth)
         if x.b_l:
             pred = x.take("lab", scores).detach().argmax(dim=1)
             # a tensor: read back on logging steps only (no host sync per step)

@@ -1,5 +1,6 @@
 """Issue 15: the pseudo-label monitors, the Daino-headed baseline and the benchmark's plan."""
 
+import copy
 import math
 import sys
 from pathlib import Path
@@ -25,6 +26,13 @@ def test_target_stats_uniform_one_hot_and_collapsed():
     assert one_hot["target_entropy"] == pytest.approx(0.0, abs=1e-6)
     assert one_hot["target_used"] == 4  # argmax histogram: prototypes 0-3 only
     assert one_hot["target_max"] == pytest.approx(1.0)
+    assert "target_acc" not in one_hot  # no classes given: no accuracy
+
+
+def test_target_accuracy_counts_argmax_hits_over_every_view():
+    two_views = torch.eye(10)[[0, 1, 2, 3, 0, 1, 7, 3]]  # 2 views of 4 images, one row each
+    stats = target_stats(two_views, torch.tensor([0, 1, 2, 3]))
+    assert stats["target_acc"] == pytest.approx(87.5)  # 7 of 8 rows name the image's class
 
 
 def ctx():
@@ -44,10 +52,17 @@ def test_suave_and_daino_log_target_stats():
     for method in (Suave(suave_cfg, 10), Daino(daino_cfg, 10)):
         method.setup(epochs=1, steps_per_epoch=10)
         batch = random_multicrop_batch(8, 4, num_classes=10)
+        batch["unlabeled_labels"] = torch.arange(8) % 10
+        twin = copy.deepcopy(method)
         out = method.training_step(batch, ctx())
         assert 0 < out.metrics["target_entropy"] <= math.log(10) + 1e-4
         assert 1 <= out.metrics["target_used"] <= 10
         assert 0.1 - 1e-6 <= out.metrics["target_max"] <= 1
+        assert 0 <= out.metrics["target_acc"] <= 100
+        # a monitor only: other classes for the unlabeled images leave the loss unchanged
+        batch["unlabeled_labels"] = (torch.arange(8) + 3) % 10
+        again = twin.training_step(batch, ctx())
+        assert torch.equal(again.loss.detach(), out.loss.detach())
 
 
 def test_supervised_dino_head_matches_daino_head_shape_and_learns_a_step():

@@ -86,3 +86,15 @@ def test_errors(tmp_path, cifar10_mini):
         StepBatchSampler(10, np.array([1]), 8, 1, 0, 2, 0)
     with pytest.raises(UserError, match="no labels selected"):
         build_train_data(small_cfg(cifar10_mini, labels_per_class=None), 8, 4, 0, 0, 1, "cpu")
+
+
+def test_unlabeled_classes_ride_along_for_the_pseudo_label_monitor(cifar10_mini):
+    """The collated batch names each unlabeled image's class (``target_acc``); with the data in
+    memory the views are indices, so the classes can be checked against the source."""
+    cfg = small_cfg(cifar10_mini, augment_on="device", device_resident=True)
+    data = build_train_data(cfg, 8, 4, 0, 0, 1, torch.device("cpu"))
+    (batch,) = first_batches(data, 1)
+    index = batch["unlabeled"][0]
+    assert index.dtype == torch.long and index.shape == (8,)
+    targets = torch.as_tensor(data.loader.dataset.source.targets)
+    assert torch.equal(batch["unlabeled_labels"], targets[index])

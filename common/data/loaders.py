@@ -310,6 +310,8 @@ def collate_semisupervised(items) -> dict:
         "unlabeled": [torch.stack([it[1][v] for it in unl]) for v in range(n_views)],
         "num_bad_images": sum(it[3] for it in items),
     }
+    if unl:  # for the pseudo-label accuracy monitor only (common.losses.target_stats)
+        batch["unlabeled_labels"] = torch.tensor([it[2] for it in unl], dtype=torch.long)
     if lab:
         batch["labeled"] = torch.stack([it[1] for it in lab])
         batch["labels"] = torch.tensor([it[2] for it in lab], dtype=torch.long)
