@@ -146,9 +146,14 @@ DEFAULT_EPOCHS = {"cifar10-mini": 22, "cifar100-mini": 15}
 
 
 def default_epochs(root: Path) -> int:
+    """The named mini sets' budgets, else ~DEFAULT_STEPS steps of 64 over the images a run loads
+    (``ImageFolderSource``: class folders, image extensions; other files do not count)."""
     if root.name in DEFAULT_EPOCHS:
         return DEFAULT_EPOCHS[root.name]
-    images = sum(1 for f in (root / "train").rglob("*") if f.is_file())
+    try:
+        images = len(ImageFolderSource(root / "train").paths)
+    except UserError:  # the run itself names the problem
+        images = 0
     return max(1, round(DEFAULT_STEPS * 64 / max(images, 1)))
 
 

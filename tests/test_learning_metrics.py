@@ -148,6 +148,8 @@ def test_bench_holds_small_equal_size_folders_in_memory_and_falls_back_to_worker
     (broken / "train" / "c0" / "bad.png").write_bytes(b"not a png")
     assert bench.data_path(broken) == bench.WORKERS  # the workers path names the bad file
     assert bench.recipe("suave", same, 4, 3, 0, data=bench.WORKERS)["data"]["num_workers"] == 2
+    # epochs for ~1,800 steps of 64 over the 4 images a run loads (notes.txt is not one)
+    assert bench.default_epochs(same) == round(bench.DEFAULT_STEPS * 64 / 4)
 
 
 @pytest.mark.parametrize("mode", ["mixup", "cutmix", "switch"])
