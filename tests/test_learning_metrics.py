@@ -125,6 +125,8 @@ def test_bench_recipes_share_everything_but_the_unlabeled_loss(tmp_path):
         section = bench.METHODS[method][2]
         for key in head_keys:
             assert a[section][key] == b["supervised"][key], (method, key)
+        # the paper's per-sample weighting of labeled and unlabeled terms (RESULTS.md, part 6)
+        assert a[section]["labeled_share"] == 0.0
 
 
 def test_bench_holds_small_equal_size_folders_in_memory_and_falls_back_to_workers(tmp_path):
