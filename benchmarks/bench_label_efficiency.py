@@ -146,15 +146,21 @@ DEFAULT_STEPS = 1800
 DEFAULT_EPOCHS = {"cifar10-mini": 22, "cifar100-mini": 15}
 
 
+def train_images(root: Path) -> list | None:
+    """The images a run of ``root`` loads (``ImageFolderSource`` of ``root/train``: class
+    folders, image extensions; other files do not count); None for a folder it refuses (the run
+    itself names the problem)."""
+    try:
+        return ImageFolderSource(root / "train").paths
+    except UserError:
+        return None
+
+
 def default_epochs(root: Path) -> int:
-    """The named mini sets' budgets, else ~DEFAULT_STEPS steps of 64 over the images a run loads
-    (``ImageFolderSource``: class folders, image extensions; other files do not count)."""
+    """The named mini sets' budgets, else ~DEFAULT_STEPS steps of 64 over ``train_images``."""
     if root.name in DEFAULT_EPOCHS:
         return DEFAULT_EPOCHS[root.name]
-    try:
-        images = len(ImageFolderSource(root / "train").paths)
-    except UserError:  # the run itself names the problem
-        images = 0
+    images = len(train_images(root) or [])
     return max(1, round(DEFAULT_STEPS * 64 / max(images, 1)))
 
 
@@ -170,14 +176,10 @@ WORKERS = {"augment_on": "workers", "num_workers": 2}
 
 def data_path(root: Path) -> dict:
     """``RESIDENT`` when ``root/train`` holds at most RESIDENT_MAX_IMAGES images of one size
-    (read from the file headers), else ``WORKERS``. The images are the ones a run loads
-    (``ImageFolderSource``); a folder it refuses keeps ``WORKERS``, and the run names the
-    problem."""
-    try:
-        files = ImageFolderSource(root / "train").paths
-    except UserError:
-        return dict(WORKERS)
-    if len(files) > RESIDENT_MAX_IMAGES:
+    (read from the file headers), else ``WORKERS``. The images are ``train_images``; a folder a
+    run refuses keeps ``WORKERS``, and the run names the problem."""
+    files = train_images(root)
+    if files is None or len(files) > RESIDENT_MAX_IMAGES:
         return dict(WORKERS)
     sizes = set()
     for f in files:
@@ -238,12 +240,19 @@ def overrides_for(method: str, overrides: list[str]) -> list[str]:
 
 
 def run_one(
-    method: str, root: Path, args, out_dir: Path, split_seed: int = 0, data: dict | None = None
+    method: str,
+    root: Path,
+    args,
+    out_dir: Path,
+    split_seed: int = 0,
+    data: dict | None = None,
+    epochs: int = 0,
 ) -> dict:
-    """One training run; ``data``: the folder's loading keys (``data_path``, computed once per
-    folder by ``main``; looked up here when not given)."""
+    """One training run; ``data`` (``data_path``) and ``epochs`` (``--epochs`` or
+    ``default_epochs``): the folder's settings, computed once per folder by ``main``; looked up
+    here when not given."""
     cls, build, _, _ = METHODS[method]
-    epochs = args.epochs or default_epochs(root)
+    epochs = epochs or args.epochs or default_epochs(root)
     cfg = recipe(method, root, args.labels_per_class, epochs, args.seed, split_seed, data)
     name = f"{root.name}_{method}" + (f"_split{split_seed}" if split_seed else "")
     config_file = out_dir / f"{name}.yaml"
@@ -305,9 +314,12 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(args.output_dir or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {r: data_path(r) for r in roots}  # one header scan per folder, not per run
-        results = {r.name: {k: {m: run_one(m, r, args, out_dir, k, paths[r]) for m in methods}
-                            for k in split_seeds} for r in roots}  # fmt: skip
+        # one listing / header scan per folder, not per run
+        paths = {r: data_path(r) for r in roots}
+        epochs = {r: args.epochs or default_epochs(r) for r in roots}
+        results = {r.name: {k: {m: run_one(m, r, args, out_dir, k, paths[r], epochs[r])
+                                for m in methods} for k in split_seeds}
+                   for r in roots}  # fmt: skip
     print(f"\nresults: {json.dumps(results)}")
     for dataset, splits in results.items():
         for k, res in splits.items():
