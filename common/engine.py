@@ -502,7 +502,9 @@ class Trainer:
         self.data.sampler.set_epoch(epoch, start_iter)
         bar = ProgressBar(self.spe, f"epoch {epoch}", start_iter,
                           enabled=None if dist.is_main() else False)  # fmt: skip
-        images_per_step = cfg.batch_size_unlabeled + cfg.batch_size_labeled
+        loads_unlabeled = getattr(self.data.sampler, "emit_unlabeled", True)
+        unlabeled = cfg.batch_size_unlabeled if loads_unlabeled else 0
+        images_per_step = unlabeled + cfg.batch_size_labeled  # images loaded per step and rank
         # Speed over the steps since the last log line, and how much of it the loader took.
         window_start = tic = time.perf_counter()
         window_steps, waited = 0, 0.0

@@ -182,6 +182,7 @@ def train_main(
         data = build_train_data(
             cfg.data, cfg.train.batch_size_unlabeled, cfg.train.batch_size_labeled,
             cfg.train.seed, dist.rank(), dist.world_size(), device,
+            unlabeled_views=cfg.uses_unlabeled,
         )  # fmt: skip
         val_loader = build_val_loader(
             cfg.data, data.classes, cfg.train.eval_batch_size, dist.rank(), dist.world_size(),

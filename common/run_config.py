@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from common.data import DataConfig
 from common.errors import UserError
@@ -72,6 +72,10 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Whether the method trains on unlabeled crops. A method that does not (the supervised-only
+    # baseline) still steps once per unlabeled batch, so its step count is its method's, but the
+    # loader never loads, crops or augments images nobody looks at.
+    uses_unlabeled: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         # Labels or not is settled here, once, as the config is loaded: data.labels_per_class=0

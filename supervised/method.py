@@ -3,14 +3,15 @@
 Same backbone, same labeled views, same classifier (projector -> L2 -> unit-norm prototypes,
 cosine / temperature; or a plain linear layer) and the same label-smoothed cross-entropy as
 Suave's labeled term. Trained by the same engine for the same number of steps, it measures
-what the unlabeled images add (``benchmarks/bench_label_efficiency.py``). The loader still
-yields unlabeled crops (it sets the step count); this method ignores them.
+what the unlabeled images add (``benchmarks/bench_label_efficiency.py``). Its steps are counted
+over the unlabeled set, as its method's, but the loader loads and crops no unlabeled image
+(``uses_unlabeled``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,7 @@ class SupervisedConfig:
 @dataclass
 class SupervisedRunConfig(RunConfig):
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    uses_unlabeled: ClassVar[bool] = False  # only the labeled batch is trained on
 
     def validate(self) -> None:
         if not self.has_labels:

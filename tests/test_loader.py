@@ -98,3 +98,28 @@ def test_unlabeled_classes_ride_along_for_the_pseudo_label_monitor(cifar10_mini)
     assert index.dtype == torch.long and index.shape == (8,)
     targets = torch.as_tensor(data.loader.dataset.source.targets)
     assert torch.equal(batch["unlabeled_labels"], targets[index])
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_a_method_without_unlabeled_loss_loads_no_unlabeled_image(cifar10_mini, resident):
+    """The supervised baseline (``uses_unlabeled`` False): same steps per epoch and the same
+    labeled images step by step as its method's loader, and no unlabeled image is loaded."""
+    from registry import METHODS
+
+    assert METHODS["supervised"].config_cls.uses_unlabeled is False
+    assert METHODS["suave"].config_cls.uses_unlabeled and METHODS["daino"].config_cls.uses_unlabeled
+    kw = dict(augment_on="device", device_resident=True) if resident else {}
+    cfg, dev = small_cfg(cifar10_mini, **kw), torch.device("cpu")
+    full = build_train_data(cfg, 8, 4, 3, 0, 1, dev)
+    lean = build_train_data(cfg, 8, 4, 3, 0, 1, dev, unlabeled_views=False)
+    assert lean.steps_per_epoch == full.steps_per_epoch == len(lean.sampler)
+    for a, b in zip(first_batches(full, 3, epoch=1), first_batches(lean, 3, epoch=1)):
+        assert b["unlabeled"] == [] and "unlabeled_labels" not in b
+        assert torch.equal(a["labels"], b["labels"])
+        if resident:  # labeled views are indices here: the very same images
+            assert torch.equal(a["labeled"], b["labeled"])
+    loads = []
+    source = lean.loader.dataset.source
+    source.load = lambda i, _load=source.load: loads.append(i) or _load(i)
+    first_batches(lean, 2)
+    assert set(loads) <= set(lean.labeled_indices.tolist()) and len(loads) == 2 * 4

@@ -204,8 +204,12 @@ class StepBatchSampler(Sampler):
         rank: int,
         world_size: int,
         seed: int,
+        emit_unlabeled: bool = True,
     ):
         self.n_u = num_unlabeled
+        # False: steps are still counted over the unlabeled set, but only labeled keys are
+        # yielded (a method that never looks at unlabeled crops; labeled keys are unchanged)
+        self.emit_unlabeled = emit_unlabeled
         self.labeled = np.asarray(labeled_indices, dtype=np.int64)
         self.b_u, self.b_l = batch_unlabeled, batch_labeled if len(self.labeled) else 0
         self.rank, self.world = rank, world_size
@@ -244,7 +248,7 @@ class StepBatchSampler(Sampler):
             base_u = it * global_u + self.rank * self.b_u
             keys = [
                 (0, int(perm[base_u + j]), step, self.rank * self.b_u + j) for j in range(self.b_u)
-            ]
+            ] if self.emit_unlabeled else []  # fmt: skip
             labeled = self._labeled_batch(step) if self.b_l else []
             keys += [(1, idx, step, self.rank * self.b_l + j) for j, idx in enumerate(labeled)]
             yield keys
@@ -405,7 +409,10 @@ def build_train_data(
     rank: int,
     world_size: int,
     device: torch.device,
+    unlabeled_views: bool = True,
 ) -> TrainData:
+    """The train loader. ``unlabeled_views=False`` (a method without an unlabeled loss): the
+    same steps per epoch and labeled batches, and no unlabeled image is loaded or cropped."""
     source = build_source(cfg.dataset, cfg.root, cfg.train_split, cfg.download)
     labeled = select_labeled(cfg, source)
     if batch_labeled > 0 and len(labeled) == 0:
@@ -441,7 +448,14 @@ def build_train_data(
         labeled_indices=labeled,
     )
     sampler = StepBatchSampler(
-        len(source), labeled, batch_unlabeled, batch_labeled, rank, world_size, seed
+        len(source),
+        labeled,
+        batch_unlabeled,
+        batch_labeled,
+        rank,
+        world_size,
+        seed,
+        emit_unlabeled=unlabeled_views,
     )
     loader = DataLoader(
         dataset,
