@@ -7,8 +7,9 @@ Reads the method's recipe (``--config``; default ``<method>/configs/cpu_demo.yam
 passes ``suave/configs/demo_cifar10.yaml``) and derives the baseline from it: same data,
 labeled split and labeled views, backbone, classifier head, optimiser, schedule, seed and number
 of steps; only the unlabeled loss is missing (and so are the local crops only it
-would use). Both runs evaluate on ``val/`` every epoch; ``<output_dir>/<name>/accuracy.png``
-shows both curves. The last three lines printed are the two accuracies and the gap, read from
+would use). Both runs evaluate on ``val/`` every ``train.eval_every_epochs`` epochs of the recipe
+(the demo's: 2) and after the last step; ``<output_dir>/<name>/accuracy.png`` shows both
+curves. The last three lines printed are the two accuracies and the gap, read from
 each run's ``summary.json``. Overrides apply to both runs (``suave.``/``daino.`` ones to the
 method only).
 """
@@ -89,14 +90,14 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     others = {"suave", "daino", "supervised"} - {args.method}
     mine = [o for o in args.overrides if o.split(".")[0] not in others]
-    # Resolve the method's recipe with the overrides, evaluate every epoch, and derive the twin.
-    recipe = resolved(cls, config, [*mine, "train.eval_every_epochs=1"])
+    # Resolve the method's recipe with the overrides and derive the twin (which evaluates as often).
+    recipe = resolved(cls, config, mine)
     twin = baseline_recipe(args.method, recipe)
     (out / "supervised.yaml").write_text(yaml.safe_dump(twin, sort_keys=False))
     summaries = {}
     for label, run_cls, run_build, cfg_file, extra in (
         ("supervised", *method_entry("supervised"), out / "supervised.yaml", []),
-        (args.method, cls, build, config, [*mine, "train.eval_every_epochs=1"]),
+        (args.method, cls, build, config, mine),
     ):
         summaries[label] = train_main(
             ["--config", str(cfg_file), "--output_dir", str(out), "--name", label, *extra],

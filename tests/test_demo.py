@@ -10,7 +10,7 @@ from tests.helpers import run_entry
 
 TINY = [
     "data.num_workers=0", "data.global_size=16", "data.local_size=8", "data.labeled_size=16",
-    "data.eval_size=16", "data.labels_per_class=2", "train.epochs=2",
+    "data.eval_size=16", "data.labels_per_class=2", "train.epochs=3", "train.eval_every_epochs=2",
     "train.batch_size_unlabeled=16", "train.batch_size_labeled=8", "train.eval_batch_size=64",
     "train.checkpoint_every_steps=0", "log.print_every=5",
 ]  # fmt: skip
@@ -41,7 +41,12 @@ def test_demo_compares_like_with_like_and_prints_its_runs_numbers(tmp_path, cifa
     summaries = {
         label: json.loads((run / "summary.json").read_text()) for label, run in runs.items()
     }
-    assert summaries["supervised"]["step"] == summaries[method]["step"] == 2 * 5
+    assert summaries["supervised"]["step"] == summaries[method]["step"] == 3 * 5
+    # Both evaluate as often as the recipe says (every 2nd epoch) and after the last step.
+    from common.plots import val_top1_per_epoch
+
+    for run in runs.values():
+        assert [e for e, _ in val_top1_per_epoch(run / "metrics_epoch.csv")] == [2, 3]
     # The last three lines are both accuracies and the gap, equal to the runs' summaries.
     last = proc.stdout.strip().splitlines()[-3:]
     numbers = [
