@@ -26,6 +26,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import benchlib  # noqa: F401  (sets sys.path and the torchvision shim first)
@@ -51,7 +52,7 @@ SHARED_RECIPE = {
     "model": {"backbone": "resnet_mini"},
     "optim": {"name": "sgd", "base_lr": 0.8, "final_lr": 0.001, "warmup_epochs": 0.3,
               "weight_decay": 5.0e-4, "momentum": 0.9},
-    "train": {"batch_size_unlabeled": 64, "batch_size_labeled": 64, "eval_batch_size": 500,
+    "train": {"batch_size_unlabeled": 64, "eval_batch_size": 500,  # labeled: labeled_batch_size
               "checkpoint_every_steps": 0, "checkpoint_every_epochs": 1000,
               "eval_every_epochs": 1000, "channels_last": True, "precision": "auto"},
     "log": {"print_every": 20},
@@ -156,6 +157,32 @@ def train_images(root: Path) -> list | None:
         return None
 
 
+# The labeled batch holds each labeled image at most once per step: the largest power of two up to
+# 64 that the labeled set fills (cifar10-mini, 40 images: 32; cifar100-mini, 400: 64). A batch
+# larger than the set repeats images within a step (the trainer warns about it) and costs a
+# forward + backward per repeat. Measured on cifar10-dev (1,798 steps, benchmarks/RESULTS.md,
+# part 7): 64 -> 32, Suave 36.2 -> 37.0 top-1, its supervised-only twin 25.4 -> 23.2 (the twin has
+# nothing but those labels), and both faster per step. Both runs of a comparison share it.
+MAX_LABELED_BATCH = 64
+
+
+def labeled_batch_size(labeled_images: int) -> int:
+    """``MAX_LABELED_BATCH``, or the largest power of two a smaller labeled set fills."""
+    if labeled_images < 1:
+        return MAX_LABELED_BATCH
+    return min(MAX_LABELED_BATCH, 1 << (labeled_images.bit_length() - 1))
+
+
+def labeled_images(root: Path, labels_per_class: int) -> int:
+    """Labeled images of a run at ``labels_per_class`` (each class folder gives at most its
+    images); 0 for a folder a run refuses."""
+    files = train_images(root)
+    if not files:
+        return 0
+    per_class = Counter(Path(f).parent.name for f in files)
+    return sum(min(labels_per_class, n) for n in per_class.values())
+
+
 def default_epochs(root: Path) -> int:
     """The named mini sets' budgets, else ~DEFAULT_STEPS steps of 64 over ``train_images``."""
     if root.name in DEFAULT_EPOCHS:
@@ -201,8 +228,10 @@ def recipe(
     seed: int,
     split_seed: int = 0,
     data: dict | None = None,
+    labeled_batch: int = 0,
 ) -> dict:
-    """One run's config; ``data``: the loading keys (``data_path(root)`` when not given)."""
+    """One run's config; ``data``: the loading keys (``data_path(root)`` when not given);
+    ``labeled_batch``: images per labeled batch (``labeled_batch_size`` of the folder when 0)."""
     _, _, section, values = METHODS[method]
     cfg = yaml.safe_load(yaml.safe_dump(SHARED_RECIPE))
     cfg["data"].update(root=str(root), labels_per_class=labels, split_seed=split_seed,
@@ -211,7 +240,8 @@ def recipe(
     cfg["model"].update(MODEL_ONLY.get(method, {}))
     if method in OPTIM_ONLY:
         cfg["optim"] = dict(OPTIM_ONLY[method])
-    cfg["train"].update(epochs=epochs, seed=seed)
+    labeled_batch = labeled_batch or labeled_batch_size(labeled_images(root, labels))
+    cfg["train"].update(epochs=epochs, seed=seed, batch_size_labeled=labeled_batch)
     cfg[section] = dict(values)
     return cfg
 
@@ -247,13 +277,15 @@ def run_one(
     split_seed: int = 0,
     data: dict | None = None,
     epochs: int = 0,
+    labeled_batch: int = 0,
 ) -> dict:
-    """One training run; ``data`` (``data_path``) and ``epochs`` (``--epochs`` or
-    ``default_epochs``): the folder's settings, computed once per folder by ``main``; looked up
-    here when not given."""
+    """One training run; ``data`` (``data_path``), ``epochs`` (``--epochs`` or
+    ``default_epochs``) and ``labeled_batch`` (``labeled_batch_size``): the folder's settings,
+    computed once per folder by ``main``; looked up here when not given."""
     cls, build, _, _ = METHODS[method]
     epochs = epochs or args.epochs or default_epochs(root)
-    cfg = recipe(method, root, args.labels_per_class, epochs, args.seed, split_seed, data)
+    cfg = recipe(method, root, args.labels_per_class, epochs, args.seed, split_seed, data,
+                 labeled_batch)  # fmt: skip
     name = f"{root.name}_{method}" + (f"_split{split_seed}" if split_seed else "")
     config_file = out_dir / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -317,7 +349,8 @@ def main(argv=None) -> dict:
         # one listing / header scan per folder, not per run
         paths = {r: data_path(r) for r in roots}
         epochs = {r: args.epochs or default_epochs(r) for r in roots}
-        results = {r.name: {k: {m: run_one(m, r, args, out_dir, k, paths[r], epochs[r])
+        batch = {r: labeled_batch_size(labeled_images(r, args.labels_per_class)) for r in roots}
+        results = {r.name: {k: {m: run_one(m, r, args, out_dir, k, paths[r], epochs[r], batch[r])
                                 for m in methods} for k in split_seeds}
                    for r in roots}  # fmt: skip
     print(f"\nresults: {json.dumps(results)}")

@@ -226,3 +226,39 @@ def test_bench_reports_the_labeled_images_each_run_used(tmp_path, monkeypatch, c
     results = bench.main(argv)
     assert results["data"][0]["suave"]["labeled"] == 3
     assert "data 3 labeled images suave: top-1 12.50%" in capsys.readouterr().out
+
+
+def test_bench_labeled_batch_holds_each_labeled_image_at_most_once(tmp_path):
+    """Largest power of two up to 64 that the labeled set fills; method and twin share it."""
+    assert [bench.labeled_batch_size(n) for n in (0, 1, 20, 40, 64, 400)] == [64, 1, 16, 32, 64, 64]
+    for cls, count in (("a", 5), ("b", 2), ("c", 9)):  # 3 classes, one with fewer than 4 images
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(count):
+            (tmp_path / "train" / cls / f"{i}.png").write_bytes(b"")
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    assert bench.labeled_images(tmp_path, 4) == 4 + 2 + 4
+    assert bench.labeled_images(tmp_path / "missing", 4) == 0
+    for method, base in bench.BASELINE.items():
+        runs = [bench.recipe(m, tmp_path, 4, 3, 0, data=bench.WORKERS) for m in (method, base)]
+        assert [r["train"]["batch_size_labeled"] for r in runs] == [8, 8]
+    assert bench.recipe("suave", tmp_path, 4, 3, 0, labeled_batch=5)["train"][
+        "batch_size_labeled"] == 5  # fmt: skip
+
+
+def test_demo_recipe_is_the_benchmarks_cifar10_mini_recipe(cifar10_mini):
+    """The demo's numbers and the benchmark's cifar10-mini split 0 measure the same recipe."""
+    from common.config import to_dict
+    from suave.method import SuaveRunConfig
+
+    demo = to_dict(load_config(SuaveRunConfig, ROOT / "suave/configs/demo_cifar10.yaml", []))
+    epochs = bench.default_epochs(cifar10_mini)
+    ours = bench.recipe("suave", cifar10_mini, 4, epochs, 0, data=bench.RESIDENT)
+    for section in ("model", "optim", "suave"):
+        assert {k: demo[section][k] for k in ours[section]} == ours[section], section
+    for key, value in ours["data"].items():
+        if key != "root":
+            assert demo["data"][key] == value, key
+    skip = {"eval_every_epochs", "checkpoint_every_epochs", "checkpoint_every_steps"}
+    for key, value in ours["train"].items():
+        if key not in skip:
+            assert demo["train"][key] == value, key
