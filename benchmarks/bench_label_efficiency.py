@@ -148,6 +148,9 @@ DEFAULT_STEPS = 1800
 DEFAULT_EPOCHS = {"cifar10-mini": 24, "cifar100-mini": 15}
 
 
+_LIST = object()  # "list root/train here": callers that already listed it pass the list
+
+
 def train_images(root: Path) -> list | None:
     """The images a run of ``root`` loads (``ImageFolderSource`` of ``root/train``: class
     folders, image extensions; other files do not count); None for a folder it refuses (the run
@@ -175,21 +178,22 @@ def labeled_batch_size(labeled_images: int) -> int:
     return min(MAX_LABELED_BATCH, 1 << (labeled_images.bit_length() - 1))
 
 
-def labeled_images(root: Path, labels_per_class: int) -> int:
+def labeled_images(root: Path, labels_per_class: int, files=_LIST) -> int:
     """Labeled images of a run at ``labels_per_class`` (each class folder gives at most its
-    images); 0 for a folder a run refuses."""
-    files = train_images(root)
+    images); 0 for a folder a run refuses. ``files``: ``train_images(root)``, if already listed."""
+    files = train_images(root) if files is _LIST else files
     if not files:
         return 0
     per_class = Counter(Path(f).parent.name for f in files)
     return sum(min(labels_per_class, n) for n in per_class.values())
 
 
-def default_epochs(root: Path) -> int:
-    """The named mini sets' budgets, else ~DEFAULT_STEPS steps of 64 over ``train_images``."""
+def default_epochs(root: Path, files=_LIST) -> int:
+    """The named mini sets' budgets, else ~DEFAULT_STEPS steps of 64 over ``train_images``
+    (``files``, if already listed)."""
     if root.name in DEFAULT_EPOCHS:
         return DEFAULT_EPOCHS[root.name]
-    images = len(train_images(root) or [])
+    images = len((train_images(root) if files is _LIST else files) or [])
     return max(1, round(DEFAULT_STEPS * 64 / max(images, 1)))
 
 
@@ -203,11 +207,11 @@ RESIDENT = {"augment_on": "device", "device_resident": True, "num_workers": 0}
 WORKERS = {"augment_on": "workers", "num_workers": 2}
 
 
-def data_path(root: Path) -> dict:
+def data_path(root: Path, files=_LIST) -> dict:
     """``RESIDENT`` when ``root/train`` holds at most RESIDENT_MAX_IMAGES images of one size
-    (read from the file headers), else ``WORKERS``. The images are ``train_images``; a folder a
-    run refuses keeps ``WORKERS``, and the run names the problem."""
-    files = train_images(root)
+    (read from the file headers), else ``WORKERS``. The images are ``train_images`` (``files``,
+    if already listed); a folder a run refuses keeps ``WORKERS``, and the run names the problem."""
+    files = train_images(root) if files is _LIST else files
     if files is None or len(files) > RESIDENT_MAX_IMAGES:
         return dict(WORKERS)
     sizes = set()
@@ -349,9 +353,11 @@ def main(argv=None) -> dict:
         out_dir = Path(args.output_dir or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
         # one listing / header scan per folder, not per run
-        paths = {r: data_path(r) for r in roots}
-        epochs = {r: args.epochs or default_epochs(r) for r in roots}
-        batch = {r: labeled_batch_size(labeled_images(r, args.labels_per_class)) for r in roots}
+        listed = {r: train_images(r) for r in roots}
+        paths = {r: data_path(r, listed[r]) for r in roots}
+        epochs = {r: args.epochs or default_epochs(r, listed[r]) for r in roots}
+        batch = {r: labeled_batch_size(labeled_images(r, args.labels_per_class, listed[r]))
+                 for r in roots}  # fmt: skip
         results = {r.name: {k: {m: run_one(m, r, args, out_dir, k, paths[r], epochs[r], batch[r])
                                 for m in methods} for k in split_seeds}
                    for r in roots}  # fmt: skip

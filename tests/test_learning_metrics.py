@@ -220,11 +220,15 @@ def test_bench_reports_the_labeled_images_each_run_used(tmp_path, monkeypatch, c
         return {"val_top1": 12.5, "step": 7}
 
     monkeypatch.setattr(bench, "train_main", fake_train)
+    listings = []
+    listing = bench.train_images
+    monkeypatch.setattr(bench, "train_images", lambda root: listings.append(root) or listing(root))
     argv = ["--data", str(tmp_path / "data"), "--epochs", "1", "--split_seeds", "0",
             "--methods", "suave", "--output_dir", str(tmp_path / "out"),
             "data.labels_per_class=1"]  # fmt: skip
     results = bench.main(argv)
     assert results["data"][0]["suave"]["labeled"] == 3
+    assert listings == [tmp_path / "data"]  # one listing serves the loading path, budget, batch
     assert "data 3 labeled images suave: top-1 12.50%" in capsys.readouterr().out
 
 
