@@ -188,6 +188,20 @@ def labeled_images(root: Path, labels_per_class: int, files=_LIST) -> int:
     return sum(min(labels_per_class, n) for n in per_class.values())
 
 
+def labels_per_class(args) -> int:
+    """The runs' labels per class: the last ``data.labels_per_class=N`` override, which the runs
+    apply over the recipe, else ``--labels_per_class``; the labeled batch rule follows it."""
+    value = args.labels_per_class
+    for o in args.overrides:
+        key, sep, text = o.partition("=")
+        if sep and key.strip() == "data.labels_per_class":
+            try:
+                value = int(text)
+            except ValueError:  # the run itself refuses it with the config's message
+                pass
+    return value
+
+
 def default_epochs(root: Path, files=_LIST) -> int:
     """The named mini sets' budgets, else ~DEFAULT_STEPS steps of 64 over ``train_images``
     (``files``, if already listed)."""
@@ -356,7 +370,7 @@ def main(argv=None) -> dict:
         listed = {r: train_images(r) for r in roots}
         paths = {r: data_path(r, listed[r]) for r in roots}
         epochs = {r: args.epochs or default_epochs(r, listed[r]) for r in roots}
-        batch = {r: labeled_batch_size(labeled_images(r, args.labels_per_class, listed[r]))
+        batch = {r: labeled_batch_size(labeled_images(r, labels_per_class(args), listed[r]))
                  for r in roots}  # fmt: skip
         results = {r.name: {k: {m: run_one(m, r, args, out_dir, k, paths[r], epochs[r], batch[r])
                                 for m in methods} for k in split_seeds}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from common.config import load_config
 from common.losses import target_stats
@@ -230,6 +231,31 @@ def test_bench_reports_the_labeled_images_each_run_used(tmp_path, monkeypatch, c
     assert results["data"][0]["suave"]["labeled"] == 3
     assert listings == [tmp_path / "data"]  # one listing serves the loading path, budget, batch
     assert "data 3 labeled images suave: top-1 12.50%" in capsys.readouterr().out
+
+
+def test_bench_labeled_batch_follows_a_labels_per_class_override(tmp_path, monkeypatch):
+    """``data.labels_per_class=1`` (3 classes: 3 labeled images) gives a labeled batch of 2, as
+    ``--labels_per_class 1`` would; the default 4 would give 8 of 12 images."""
+    for cls in "abc":
+        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / "data" / "train" / cls / f"{i}.png").write_bytes(b"")
+    (tmp_path / "data" / "val").mkdir()
+    batches = []
+
+    def fake_train(argv, *args):
+        config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text())
+        batches.append(config["train"]["batch_size_labeled"])
+        return {"val_top1": 1.0, "step": 1}
+
+    monkeypatch.setattr(bench, "train_main", fake_train)
+    out = str(tmp_path / "out")
+    common = ["--data", str(tmp_path / "data"), "--epochs", "1", "--split_seeds", "0",
+              "--methods", "suave", "--skip_baselines", "--output_dir", out]  # fmt: skip
+    bench.main(common)
+    bench.main([*common, "data.labels_per_class=1"])
+    bench.main(["--labels_per_class", "1", *common])
+    assert batches == [8, 2, 2]
 
 
 def test_bench_labeled_batch_holds_each_labeled_image_at_most_once(tmp_path):
