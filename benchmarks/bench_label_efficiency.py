@@ -34,6 +34,7 @@ import yaml
 from benchlib import SHARED_DATA
 from PIL import Image
 
+from common.config import parse_override
 from common.data.sources import ImageFolderSource
 from common.errors import UserError
 from common.mixup import labeled_mixup_settings
@@ -192,13 +193,13 @@ def labels_per_class(args) -> int:
     """The runs' labels per class: the last ``data.labels_per_class=N`` override, which the runs
     apply over the recipe, else ``--labels_per_class``; the labeled batch rule follows it."""
     value = args.labels_per_class
-    for o in args.overrides:
-        key, sep, text = o.partition("=")
-        if sep and key.strip() == "data.labels_per_class":
-            try:
-                value = int(text)
-            except ValueError:  # the run itself refuses it with the config's message
-                pass
+    for text in args.overrides:
+        try:  # the runs' own parser: the same key and YAML value they will apply
+            path, parsed = parse_override(text)
+        except UserError:  # the run itself refuses it with the config's message
+            continue
+        if path == ["data", "labels_per_class"] and type(parsed) is int:
+            value = parsed
     return value
 
 
