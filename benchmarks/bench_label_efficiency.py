@@ -162,6 +162,11 @@ def train_images(root: Path) -> list | None:
         return None
 
 
+def _listing(root: Path, files) -> list | None:
+    """``files`` when the caller already listed ``root``, else ``train_images(root)``."""
+    return train_images(root) if files is _LIST else files
+
+
 # The labeled batch holds each labeled image at most once per step: the largest power of two up to
 # 64 that the labeled set fills (cifar10-mini, 40 images: 32; cifar100-mini, 400: 64). A batch
 # larger than the set repeats images within a step (the trainer warns about it) and costs a
@@ -182,7 +187,7 @@ def labeled_batch_size(labeled_images: int) -> int:
 def labeled_images(root: Path, labels_per_class: int, files=_LIST) -> int:
     """Labeled images of a run at ``labels_per_class`` (each class folder gives at most its
     images); 0 for a folder a run refuses. ``files``: ``train_images(root)``, if already listed."""
-    files = train_images(root) if files is _LIST else files
+    files = _listing(root, files)
     if not files:
         return 0
     per_class = Counter(Path(f).parent.name for f in files)
@@ -208,7 +213,7 @@ def default_epochs(root: Path, files=_LIST) -> int:
     (``files``, if already listed)."""
     if root.name in DEFAULT_EPOCHS:
         return DEFAULT_EPOCHS[root.name]
-    images = len((train_images(root) if files is _LIST else files) or [])
+    images = len(_listing(root, files) or [])
     return max(1, round(DEFAULT_STEPS * 64 / max(images, 1)))
 
 
@@ -226,7 +231,7 @@ def data_path(root: Path, files=_LIST) -> dict:
     """``RESIDENT`` when ``root/train`` holds at most RESIDENT_MAX_IMAGES images of one size
     (read from the file headers), else ``WORKERS``. The images are ``train_images`` (``files``,
     if already listed); a folder a run refuses keeps ``WORKERS``, and the run names the problem."""
-    files = train_images(root) if files is _LIST else files
+    files = _listing(root, files)
     if files is None or len(files) > RESIDENT_MAX_IMAGES:
         return dict(WORKERS)
     sizes = set()
