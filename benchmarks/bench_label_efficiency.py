@@ -194,18 +194,52 @@ def labeled_images(root: Path, labels_per_class: int, files=_LIST) -> int:
     return sum(min(labels_per_class, n) for n in per_class.values())
 
 
-def labels_per_class(args) -> int:
-    """The runs' labels per class: the last ``data.labels_per_class=N`` override, which the runs
-    apply over the recipe, else ``--labels_per_class``; the labeled batch rule follows it."""
-    value = args.labels_per_class
+def _last_override(args, key: str, default):
+    """The value the runs apply for ``key`` (``a.b``): the last ``a.b=v`` override, parsed by
+    the runs' own parser, else ``default``; overrides the runs refuse are skipped (the run names
+    them)."""
+    value = default
     for text in args.overrides:
-        try:  # the runs' own parser: the same key and YAML value they will apply
+        try:
             path, parsed = parse_override(text)
-        except UserError:  # the run itself refuses it with the config's message
+        except UserError:
             continue
-        if path == ["data", "labels_per_class"] and type(parsed) is int:
+        if path == key.split("."):
             value = parsed
     return value
+
+
+def labels_per_class(args) -> int:
+    """The runs' labels per class: a ``data.labels_per_class=N`` override, which the runs apply
+    over the recipe, else ``--labels_per_class``; the labeled batch rule follows it."""
+    value = _last_override(args, "data.labels_per_class", args.labels_per_class)
+    return value if type(value) is int else args.labels_per_class
+
+
+def label_list(args) -> str | None:
+    """The runs' ``data.label_list`` override (null clears it), else None."""
+    value = _last_override(args, "data.label_list", None)
+    return None if value is None else str(value)
+
+
+def listed_images(list_file: str) -> int:
+    """Names in a label list (one per line; blank lines and ``#`` comments skipped, as the runs
+    read it); 0 for a file that cannot be read (the run itself names the problem)."""
+    try:
+        text = Path(list_file).read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return 0
+    lines = (line.strip() for line in text.splitlines())
+    return sum(1 for line in lines if line and not line.startswith("#"))
+
+
+def labeled_count(root: Path, args, files=_LIST) -> int:
+    """Labeled images of the runs: a ``data.label_list`` override's names, else
+    ``labels_per_class(args)`` per class of ``root`` (``files``, if already listed)."""
+    list_file = label_list(args)
+    if list_file is not None:
+        return listed_images(list_file)
+    return labeled_images(root, labels_per_class(args), files)
 
 
 def default_epochs(root: Path, files=_LIST) -> int:
@@ -249,7 +283,7 @@ def data_path(root: Path, files=_LIST) -> dict:
 def recipe(
     method: str,
     root: Path,
-    labels: int,
+    labels: int | None,
     epochs: int,
     seed: int,
     split_seed: int = 0,
@@ -310,8 +344,8 @@ def run_one(
     computed once per folder by ``main``; looked up here when not given."""
     cls, build, _, _ = METHODS[method]
     epochs = epochs or args.epochs or default_epochs(root)
-    cfg = recipe(method, root, args.labels_per_class, epochs, args.seed, split_seed, data,
-                 labeled_batch)  # fmt: skip
+    labels = None if label_list(args) else args.labels_per_class  # the list names the labels
+    cfg = recipe(method, root, labels, epochs, args.seed, split_seed, data, labeled_batch)
     name = f"{root.name}_{method}" + (f"_split{split_seed}" if split_seed else "")
     config_file = out_dir / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -376,8 +410,7 @@ def main(argv=None) -> dict:
         listed = {r: train_images(r) for r in roots}
         paths = {r: data_path(r, listed[r]) for r in roots}
         epochs = {r: args.epochs or default_epochs(r, listed[r]) for r in roots}
-        batch = {r: labeled_batch_size(labeled_images(r, labels_per_class(args), listed[r]))
-                 for r in roots}  # fmt: skip
+        batch = {r: labeled_batch_size(labeled_count(r, args, listed[r])) for r in roots}
         results = {r.name: {k: {m: run_one(m, r, args, out_dir, k, paths[r], epochs[r], batch[r])
                                 for m in methods} for k in split_seeds}
                    for r in roots}  # fmt: skip

@@ -258,6 +258,32 @@ def test_bench_labeled_batch_follows_a_labels_per_class_override(tmp_path, monke
     assert batches == [8, 2, 2]
 
 
+def test_bench_labeled_batch_and_labels_follow_a_label_list_override(tmp_path, monkeypatch):
+    """``data.label_list=FILE`` alone is a complete labeled setting: the recipe drops its
+    labels per class (the runs refuse both), and the labeled batch counts the list's names
+    (3 names: a batch of 2, where 4 per class of 3 classes would give 8)."""
+    for cls in "abc":
+        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / "data" / "train" / cls / f"{cls}_{i}.png").write_bytes(b"")
+    (tmp_path / "data" / "val").mkdir()
+    (tmp_path / "list.txt").write_text("# three labels\na_0.png\n\nb_1.png\nc_2.png\n")
+    configs = []
+
+    def fake_train(argv, *args):
+        configs.append(yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()))
+        return {"val_top1": 1.0, "step": 1}
+
+    monkeypatch.setattr(bench, "train_main", fake_train)
+    common = ["--data", str(tmp_path / "data"), "--epochs", "1", "--split_seeds", "0",
+              "--methods", "suave", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    bench.main([*common, f"data.label_list={tmp_path / 'list.txt'}"])
+    bench.main([*common, f"data.label_list={tmp_path / 'list.txt'}", "data.label_list=null"])
+    assert [c["train"]["batch_size_labeled"] for c in configs] == [2, 2, 8, 8]  # method + twin
+    assert [c["data"]["labels_per_class"] for c in configs] == [None, None, 4, 4]
+    assert bench.listed_images(str(tmp_path / "missing.txt")) == 0  # the run names it
+
+
 def test_bench_labeled_batch_holds_each_labeled_image_at_most_once(tmp_path):
     """Largest power of two up to 64 that the labeled set fills; method and twin share it."""
     assert [bench.labeled_batch_size(n) for n in (0, 1, 20, 40, 64, 400)] == [64, 1, 16, 32, 64, 64]
