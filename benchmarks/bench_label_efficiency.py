@@ -16,6 +16,9 @@ std: with 4 labels per class one split is not a measurement (Suave's cifar10-min
   python benchmarks/bench_label_efficiency.py                       # cifar10-mini + cifar100-mini
   python benchmarks/bench_label_efficiency.py --datasets cifar10-mini --split_seeds 0  # 1 split
   python benchmarks/bench_label_efficiency.py --data /path/to/imagefolder --methods suave
+  python benchmarks/bench_label_efficiency.py --data /path/to/imagenet-like data.label_list=L.txt
+(a label list, one ``<class>_<id>.<ext>`` file name per line as the SimCLR subsets, replaces the
+N-per-class split; the labeled batch is sized from its names.)
 The last lines printed are the accuracies and the gaps.
 """
 
@@ -402,6 +405,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--split_seeds {args.split_seeds!r}: comma-separated integers") from None
     if not split_seeds or min(split_seeds) < 0:
         raise SystemExit("--split_seeds: at least one seed, all >= 0")
+    if label_list(args) and len(split_seeds) > 1:  # the list is the labeled set: one split
+        print(f"data.label_list names the labeled images: one run each, not {len(split_seeds)} "
+              "labeled splits")  # fmt: skip
+        split_seeds = split_seeds[:1]
     methods = plan([m for m in args.methods.split(",") if m], not args.skip_baselines)
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(args.output_dir or tmp)

@@ -261,7 +261,8 @@ def test_bench_labeled_batch_follows_a_labels_per_class_override(tmp_path, monke
 def test_bench_labeled_batch_and_labels_follow_a_label_list_override(tmp_path, monkeypatch):
     """``data.label_list=FILE`` alone is a complete labeled setting: the recipe drops its
     labels per class (the runs refuse both), and the labeled batch counts the list's names
-    (3 names: a batch of 2, where 4 per class of 3 classes would give 8)."""
+    (3 names: a batch of 2, where 4 per class of 3 classes would give 8); the split seeds
+    cannot change a listed labeled set, so it runs once."""
     for cls in "abc":
         (tmp_path / "data" / "train" / cls).mkdir(parents=True)
         for i in range(5):
@@ -275,10 +276,11 @@ def test_bench_labeled_batch_and_labels_follow_a_label_list_override(tmp_path, m
         return {"val_top1": 1.0, "step": 1}
 
     monkeypatch.setattr(bench, "train_main", fake_train)
-    common = ["--data", str(tmp_path / "data"), "--epochs", "1", "--split_seeds", "0",
-              "--methods", "suave", "--output_dir", str(tmp_path / "out")]  # fmt: skip
-    bench.main([*common, f"data.label_list={tmp_path / 'list.txt'}"])
-    bench.main([*common, f"data.label_list={tmp_path / 'list.txt'}", "data.label_list=null"])
+    common = ["--data", str(tmp_path / "data"), "--epochs", "1", "--methods", "suave",
+              "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    bench.main([*common, f"data.label_list={tmp_path / 'list.txt'}"])  # one split, not three
+    bench.main([*common, "--split_seeds", "0", f"data.label_list={tmp_path / 'list.txt'}",
+                "data.label_list=null"])  # fmt: skip
     assert [c["train"]["batch_size_labeled"] for c in configs] == [2, 2, 8, 8]  # method + twin
     assert [c["data"]["labels_per_class"] for c in configs] == [None, None, 4, 4]
     assert bench.listed_images(str(tmp_path / "missing.txt")) == 0  # the run names it
