@@ -220,9 +220,9 @@ def labels_per_class(args) -> int:
 
 
 def label_list(args) -> str | None:
-    """The runs' ``data.label_list`` override (null clears it), else None."""
+    """The runs' ``data.label_list`` override, else None (null or empty clear it, as in runs)."""
     value = _last_override(args, "data.label_list", None)
-    return None if value is None else str(value)
+    return str(value) if value else None
 
 
 def listed_images(list_file: str) -> int:
