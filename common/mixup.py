@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Literal
 
 import numpy as np
 import torch
 
-# The config keys that describe a labeled-batch mix (suave.*, daino.*, supervised.*).
-LABELED_MIXUP_KEYS = ("mixup", "mixup_alpha", "mixup_switch_prob")
+from common.errors import UserError
+
+
+@dataclass
+class MixupConfig:
+    """The mixup / CutMix keys of every method's section (suave.*, daino.*, supervised.*):
+    "switch" (official Suave / Daino) picks mixup or CutMix at random per batch, CutMix with
+    probability ``mixup_switch_prob``; both draw their weight from Beta(alpha, alpha)."""
+
+    mixup: Literal["none", "mixup", "cutmix", "switch"] = "none"
+    mixup_alpha: float = 1.0
+    mixup_switch_prob: float = 0.5
+
+    def validate_mixup(self, section: str) -> None:
+        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
+            raise UserError(f"{section}.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
+
+
+# The config keys that describe a labeled-batch mix (a supervised-only twin copies them).
+LABELED_MIXUP_KEYS = tuple(f.name for f in fields(MixupConfig))
 
 
 def labeled_mixup_settings(section: Mapping) -> dict:

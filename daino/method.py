@@ -31,7 +31,7 @@ from common.losses import (
     target_stats,
 )
 from common.method import EvalNetwork, Method, StepContext, StepOutput
-from common.mixup import mix_permuted
+from common.mixup import MixupConfig, mix_permuted
 from common.models.dino_head import DINOHead, cancel_last_layer_gradients
 from common.models.ema import ema_update_
 from common.models.factory import ModelConfig, build_backbone
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class DainoConfig:
+class DainoConfig(MixupConfig):
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
     head_layers: int = 3
@@ -61,11 +61,8 @@ class DainoConfig:
     teacher_momentum: float = 0.990  # cosine-increased to teacher_momentum_final
     teacher_momentum_final: float = 1.0
     freeze_last_layer_epochs: int = 1
-    # labeled mixup (official Daino: on, "switch" = mixup or CutMix at random per batch): mixed
-    # copies of the labeled batch are appended and weighted as labeled samples, as in Suave
-    mixup: Literal["none", "mixup", "cutmix", "switch"] = "none"
-    mixup_alpha: float = 1.0
-    mixup_switch_prob: float = 0.5
+    # labeled mixup (MixupConfig; official Daino: on, "switch"): mixed copies of the labeled
+    # batch are appended and weighted as labeled samples, as in Suave
     label_smoothing: float = 0.0
     init_head: bool = True  # model.init also fills the head (MLP; ours: prototypes and center)
     # DINO file: "student" = the teacher starts as a copy of the loaded student (official Daino);
@@ -84,8 +81,7 @@ class DainoConfig:
     def validate(self) -> None:
         if not 0 <= self.labeled_share < 1:
             raise UserError("daino.labeled_share must be in [0, 1) (0: per-sample weighting)")
-        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
-            raise UserError("daino.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
+        self.validate_mixup("daino")
         if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
             raise UserError("daino temperatures must be positive")
         if not 0 <= self.center_momentum < 1:

@@ -33,7 +33,7 @@ from common.losses import (
     target_stats,
 )
 from common.method import EvalNetwork, Method, StepContext, StepOutput
-from common.mixup import mix_permuted
+from common.mixup import MixupConfig, mix_permuted
 from common.models.ema import ema_update_
 from common.models.factory import build_backbone
 from common.models.heads import Prototypes, build_projector
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SuaveConfig:
+class SuaveConfig(MixupConfig):
     projector_hidden_dim: int = 2048
     embed_dim: int = 128
     temperature: float = 0.1
@@ -66,10 +66,7 @@ class SuaveConfig:
     use_momentum: bool = False  # SK targets from an EMA copy of the network
     momentum: float = 0.99  # EMA momentum, cosine-increased to momentum_final
     momentum_final: float = 1.0
-    # "switch": mixup or CutMix chosen at random per batch (official, p mixup_switch_prob)
-    mixup: Literal["none", "mixup", "cutmix", "switch"] = "none"
-    mixup_alpha: float = 1.0
-    mixup_switch_prob: float = 0.5
+    # mixup / mixup_alpha / mixup_switch_prob: MixupConfig; which views they mix:
     mixup_on: Literal["labeled", "unlabeled", "both"] = "labeled"
     init_prototypes: bool = False  # load prototypes from model.init (fine-tuning our checkpoint)
     # 0: one prototype per class. Self-supervised pre-training (no labels) may use more, as
@@ -88,8 +85,7 @@ class SuaveConfig:
             raise UserError("suave.labeled_share must be in [0, 1) (0: per-sample weighting)")
         if self.temperature <= 0 or self.epsilon <= 0:
             raise UserError("suave.temperature and suave.epsilon must be positive")
-        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
-            raise UserError("suave.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
+        self.validate_mixup("suave")
         if self.sinkhorn_iterations < 1:
             raise UserError("suave.sinkhorn_iterations must be at least 1")
         if not self.crops_for_assign:

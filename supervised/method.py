@@ -20,7 +20,7 @@ from torch import nn
 from common.errors import UserError
 from common.losses import labeled_loss, mixed_labels_loss, weighted_total
 from common.method import Method, StepContext, StepOutput
-from common.mixup import mix_permuted
+from common.mixup import MixupConfig, mix_permuted
 from common.models.dino_head import DINOHead
 from common.models.factory import build_backbone
 from common.models.heads import Prototypes, build_projector
@@ -28,7 +28,7 @@ from common.run_config import RunConfig
 
 
 @dataclass
-class SupervisedConfig:
+class SupervisedConfig(MixupConfig):
     # "dino": Daino's head (MLP -> L2 -> weight-normalised K-way layer), the baseline for Daino
     head: Literal["prototypes", "linear", "dino"] = "prototypes"
     projector_hidden_dim: int = 2048  # prototypes head only (as suave.projector_hidden_dim)
@@ -40,18 +40,14 @@ class SupervisedConfig:
     norm_last_layer: bool = False
     temperature: float = 0.1  # prototypes head: logits = cosine / temperature
     label_smoothing: float = 0.01
-    # labeled mixup / CutMix as the methods' (suave.mixup / daino.mixup on the labeled batch):
-    # mixed copies of the labeled batch are appended and weigh as much as the clean ones, so a
-    # method with labeled mixup is compared with a baseline that has it too
-    mixup: Literal["none", "mixup", "cutmix", "switch"] = "none"
-    mixup_alpha: float = 1.0
-    mixup_switch_prob: float = 0.5
+    # labeled mixup / CutMix (MixupConfig) as the methods' (suave.mixup / daino.mixup on the
+    # labeled batch): mixed copies of the labeled batch are appended and weigh as much as the
+    # clean ones, so a method with labeled mixup is compared with a baseline that has it too
 
     def validate(self) -> None:
         if self.temperature <= 0 or not 0 <= self.label_smoothing < 1:
             raise UserError("supervised.temperature > 0 and 0 <= label_smoothing < 1")
-        if self.mixup_alpha <= 0 or not 0 <= self.mixup_switch_prob <= 1:
-            raise UserError("supervised.mixup_alpha must be > 0 and mixup_switch_prob in [0, 1]")
+        self.validate_mixup("supervised")
 
 
 @dataclass
