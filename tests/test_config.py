@@ -141,3 +141,18 @@ def test_labels_or_not_is_settled_once_when_the_config_loads():
     assert semi.has_labels and semi.train.batch_size_labeled > 0
     no_batch = load_config(SuaveRunConfig, recipe, ["train.batch_size_labeled=0"])
     assert not no_batch.has_labels
+
+
+@pytest.mark.parametrize("section", ["suave", "daino", "supervised"])
+def test_every_method_section_has_the_shared_mixup_keys_and_check(section):
+    """The mixup keys live once (common.mixup.MixupConfig); each method section loads them from
+    YAML / overrides and names itself when they are wrong."""
+    from registry import METHODS
+
+    run_config = METHODS[section].config_cls
+    cfg = load_config(run_config, None, [f"{section}.mixup=switch", f"{section}.mixup_alpha=0.4"])
+    assert (getattr(cfg, section).mixup, getattr(cfg, section).mixup_alpha) == ("switch", 0.4)
+    with pytest.raises(UserError, match=rf"^{section}\.mixup_alpha must be > 0"):
+        load_config(run_config, None, [f"{section}.mixup_alpha=0"])
+    with pytest.raises(UserError, match=rf"{section}\.mixup"):
+        load_config(run_config, None, [f"{section}.mixup=blend"])
