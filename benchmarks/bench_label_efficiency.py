@@ -39,6 +39,7 @@ from PIL import Image
 
 from common.config import parse_override
 from common.data.sources import ImageFolderSource
+from common.data.splits import label_list_names
 from common.errors import UserError
 from common.mixup import labeled_mixup_settings
 from common.run import train_main
@@ -226,14 +227,12 @@ def label_list(args) -> str | None:
 
 
 def listed_images(list_file: str) -> int:
-    """Names in a label list (one per line; blank lines and ``#`` comments skipped, as the runs
-    read it); 0 for a file that cannot be read (the run itself names the problem)."""
+    """Names in a label list, read as the runs read it (``label_list_names``); 0 for a list the
+    runs refuse (the run itself names the problem)."""
     try:
-        text = Path(list_file).read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError):
+        return len(label_list_names(list_file))
+    except UserError:
         return 0
-    lines = (line.strip() for line in text.splitlines())
-    return sum(1 for line in lines if line and not line.startswith("#"))
 
 
 def labeled_count(root: Path, args, files=_LIST) -> int:

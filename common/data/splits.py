@@ -30,18 +30,12 @@ def labels_per_class_split(targets, per_class: int, seed: int, classes=None) -> 
     return np.sort(np.concatenate(chosen))
 
 
-def subset_from_list(names: list[str], classes: list[str], list_file: str | Path) -> np.ndarray:
-    """Indices of the images named in a SimCLR subset list (one ``n0xxxxx_yyy.JPEG`` per line).
-
-    The class is the file-name prefix before ``_``; an unknown class or a file the data set lacks
-    is an error naming the list line, never a silently smaller labeled set.
-    """
+def label_list_names(list_file: str | Path) -> list[tuple[int, str]]:
+    """(line number, file name) of every name in a label list: one per line, blank lines and
+    ``#`` comments skipped; a missing or non-UTF-8 file, or a name listed twice, is an error."""
     list_file = Path(list_file)
     if not list_file.is_file():
         raise UserError(f"label list not found: {list_file}")
-    index_of = {name: i for i, name in enumerate(names)}
-    known = set(classes)
-    chosen = []
     try:  # utf-8-sig: a byte-order mark from a Windows editor is not part of the first name
         text = list_file.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -58,6 +52,19 @@ def subset_from_list(names: list[str], classes: list[str], list_file: str | Path
                 f"{list_file} line {line_no}: '{name}' is listed twice (first at line {seen[name]})"
             )
         seen[name] = line_no
+    return [(line_no, name) for name, line_no in seen.items()]
+
+
+def subset_from_list(names: list[str], classes: list[str], list_file: str | Path) -> np.ndarray:
+    """Indices of the images named in a SimCLR subset list (one ``n0xxxxx_yyy.JPEG`` per line).
+
+    The class is the file-name prefix before ``_``; an unknown class or a file the data set lacks
+    is an error naming the list line, never a silently smaller labeled set.
+    """
+    index_of = {name: i for i, name in enumerate(names)}
+    known = set(classes)
+    chosen = []
+    for line_no, name in label_list_names(list_file):
         cls = name.split("_")[0]
         if cls not in known:
             raise UserError(f"{list_file} line {line_no}: class '{cls}' is not in the dataset")
