@@ -407,7 +407,8 @@ class Trainer:
         ``step`` in every row, checkpoint and summary counts the optimisation steps done, so the
         row logged after the step that a checkpoint ends with carries that checkpoint's step.
         ``data_wait``: share of the wall time spent waiting for the loader (0: never starved;
-        near 1: add ``data.num_workers``)."""
+        near 1: add ``data.num_workers``). ``bad_images`` (with ``data.bad_images=skip``): how many
+        distinct corrupt files were skipped since the run started or resumed."""
         names = ["loss", *out.terms]
         values = torch.stack(
             [out.loss.detach().float(), *[v.detach().float() for v in out.terms.values()]]
@@ -475,7 +476,7 @@ class Trainer:
                 if csv is not None:
                     csv.truncate_after(-1)
         self.method.train()
-        self._bad_images = 0
+        self._bad_images: set[int] = set()  # corrupt files skipped (bad_images=skip), each once
         while step < last_step:
             epoch = step // self.spe
             step, preempted = self._train_epoch(step, last_step)
@@ -516,7 +517,7 @@ class Trainer:
                 step, epoch, step - epoch * self.spe, self.spe, self.total_steps, self.device,
                 step_generator(cfg.seed, step, dist.rank()),
             )  # fmt: skip
-            self._bad_images += batch.pop("num_bad_images", 0)
+            self._bad_images.update(batch.pop("bad_image_indices", ()))
             log_now = (step + 1) % self.print_every == 0 or step + 1 == last_step
             self.want_grad_norm = log_now
             out = self.train_step(batch, ctx)
@@ -528,7 +529,7 @@ class Trainer:
                 self._flush_finite_checks()
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 rate = images_per_step * self.world * window_steps / elapsed
-                self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), self._bad_images)
+                self._log_step(out, ctx, rate, min(waited / elapsed, 1.0), len(self._bad_images))
                 window_start, window_steps, waited = time.perf_counter(), 0, 0.0
             tic = time.perf_counter()
             every = (cfg.checkpoint_every_steps, cfg.checkpoint_every_epochs)

@@ -66,7 +66,7 @@ def test_heads_leave_every_method_gradient_identical(method, tiny_data):
     data = build_train_data(cfg.data, 8, 4, 0, 0, 1, torch.device("cpu"))
     data.sampler.set_epoch(0, 0)
     batch = next(iter(data.loader))
-    batch.pop("num_bad_images", None)
+    batch.pop("bad_image_indices", None)
 
     out_off, off, none = method_grads(method, tiny_data, False, batch)
     out_on, on, heads = method_grads(method, tiny_data, True, batch)

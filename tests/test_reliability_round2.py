@@ -47,9 +47,9 @@ def test_skip_returns_the_label_of_the_image_returned(caplog):
         source, _identity, _identity, seed=0, bad_images="skip", labeled_indices=[1, 4, 5]
     )
     stream, pixel, target, bad = ds[(0, 2, 0, 0)]  # unlabeled: replaced by image 3
-    assert (pixel, target, bad) == (3, 3, 1)
+    assert (pixel, target, bad) == (3, 3, (2,))
     stream, pixel, target, bad = ds[(1, 4, 0, 0)]  # labeled: replaced by the next labeled, 5
-    assert (pixel, target, bad) == (5, 5, 1)
+    assert (pixel, target, bad) == (5, 5, (4,))
     assert "skipping corrupt image /data/img_4.png" in caplog.text
     source.bad = {1, 4, 5}
     with pytest.raises(UserError, match="every labeled image failed to load"):

@@ -141,7 +141,7 @@ def test_image_over_the_pixel_limit_is_a_bad_image(tmp_path, monkeypatch, caplog
         source.load(0)
     identity = lambda img, rng: img.size  # noqa: E731
     train = SemiSupervisedDataset(source, identity, identity, seed=0, bad_images="skip")
-    assert train[(0, 0, 0, 0)] == (0, (8, 8), 0, 1)  # replaced by a/1.png, its own label
+    assert train[(0, 0, 0, 0)] == (0, (8, 8), 0, (0,))  # replaced by a/1.png, its own label
     val = EvalDataset(source, lambda img: img.size, bad_images="skip")
     assert val[0] == ((8, 8), 0)
     assert "skipping corrupt image" in caplog.text

@@ -255,7 +255,7 @@ class StepBatchSampler(Sampler):
 
 
 class SemiSupervisedDataset(Dataset):
-    """Maps a sample key to (stream, views, target, bad-image count).
+    """Maps a sample key to (stream, views, target, indices of the corrupt files skipped).
 
     With bad_images=skip a corrupt file is replaced by the next loadable one, and the target is
     that of the image returned; a labeled image is replaced by the next image of the labeled set
@@ -269,6 +269,7 @@ class SemiSupervisedDataset(Dataset):
         self.source, self.multicrop, self.labeled_view = source, multicrop, labeled_view
         self.seed, self.bad_images = seed, bad_images
         self.labeled = np.sort(np.asarray([] if labeled_indices is None else labeled_indices))
+        self._warned: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.source)
@@ -282,17 +283,20 @@ class SemiSupervisedDataset(Dataset):
         return ((index + k) % n for k in range(n))
 
     def _load(self, index: int, labeled: bool = False):
-        """(image, number of corrupt files skipped, index of the image returned)."""
-        bad = 0
+        """(image, indices of the corrupt files skipped, index of the image returned). Indices,
+        not a count: the trainer counts each corrupt file once, not once per epoch it is met."""
+        bad: list[int] = []
         for current in self._candidates(index, labeled):
             try:
-                return self.source.load(current), bad, current
+                return self.source.load(current), tuple(bad), current
             except UserError:
                 if self.bad_images != "skip":
                     raise
-                bad += 1
-                where = getattr(self.source, "paths", self.source.names)[current]
-                log.warning("skipping corrupt image %s", where)  # full path: names repeat
+                bad.append(current)
+                if current not in self._warned:  # once per file and process, not every epoch
+                    self._warned.add(current)
+                    where = getattr(self.source, "paths", self.source.names)[current]
+                    log.warning("skipping corrupt image %s", where)  # full path: names repeat
         what = "labeled image" if labeled and len(self.labeled) else "image of the data set"
         raise UserError(f"every {what} failed to load")
 
@@ -312,7 +316,7 @@ def collate_semisupervised(items) -> dict:
     n_views = len(unl[0][1]) if unl else 0
     batch = {
         "unlabeled": [torch.stack([it[1][v] for it in unl]) for v in range(n_views)],
-        "num_bad_images": sum(it[3] for it in items),
+        "bad_image_indices": sorted({i for it in items for i in it[3]}),
     }
     if unl:  # for the pseudo-label accuracy monitor only (common.losses.target_stats)
         batch["unlabeled_labels"] = torch.tensor([it[2] for it in unl], dtype=torch.long)
