@@ -112,12 +112,7 @@ def prepare_run_dir(
             if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES | changed_keys
         )  # fmt: skip
         if diff:
-            k = diff[0]
-            hint = f" (or --resume --override_on_resume {k}=...)" if resume else ""
-            raise UserError(
-                f"run directory {run_dir} already holds a different config ({k}: "
-                f"{saved.get(k)!r} there, {current.get(k)!r} now); choose a new --name{hint}"
-            )
+            raise UserError(config_mismatch(run_dir, diff[0], saved, current, resume))
         has_ckpt = any((run_dir / "checkpoints").glob("*.pth"))
         if has_ckpt and not resume:
             raise UserError(
@@ -133,6 +128,36 @@ def prepare_run_dir(
         log.warning("--resume: nothing to resume in %s (no checkpoint): starting a new run",
                     run_dir)  # fmt: skip
     return latest
+
+
+def config_mismatch(run_dir: Path, key: str, saved: dict, current: dict, resume: bool) -> str:
+    """Why a run directory's saved config does not match this invocation, and the way out. A key
+    missing on one side means the run was saved by another version of this code (a key added
+    since, or removed): said so, since the user changed nothing."""
+    if key not in saved:
+        return (
+            f"run directory {run_dir} was saved by a version without config key '{key}' (now "
+            f"{current[key]!r}): to continue it with that value pass --resume "
+            f"--override_on_resume '{key}={override_text(current[key])}', or choose a new --name"
+        )
+    if key not in current:
+        return (
+            f"run directory {run_dir} was saved with config key '{key}' ({saved[key]!r}), "
+            "which this version no longer has: resume it with the version that wrote it, or "
+            "choose a new --name"
+        )
+    hint = f" (or --resume --override_on_resume {key}=...)" if resume else ""
+    return (
+        f"run directory {run_dir} already holds a different config ({key}: "
+        f"{saved[key]!r} there, {current[key]!r} now); choose a new --name{hint}"
+    )
+
+
+def override_text(value) -> str:
+    """``value`` as an override's right-hand side that parses back to it (overrides are YAML)."""
+    if value is None or isinstance(value, (bool, list, tuple)):
+        return json.dumps(value)  # null, true, [0.3, 1.0]: JSON is YAML
+    return str(value)
 
 
 def check_run_dir_path(run_dir: Path) -> None:

@@ -126,3 +126,32 @@ def test_resume_with_another_config_is_refused(tmp_path, tiny_data, capsys):
     assert main_suave.main([*args, "--resume", "train.max_steps=3"])["step"] == 3
     log_text = (tmp_path / "r" / "train.log").read_text()
     assert re.findall(r"resumed from \S+ at step (\d+)", log_text) == ["2"]
+
+
+def test_resume_of_a_run_saved_by_another_version(tmp_path, tiny_data, capsys):
+    """A run saved before a config key existed (or with a key since removed) is not "a different
+    config": the error says which version-drift it is and gives the override that continues it."""
+    import yaml
+
+    args = [*SUAVE, f"data.root={tiny_data}", "--output_dir", str(tmp_path), "--name", "old",
+            "train.epochs=1"]  # fmt: skip
+    assert main_suave.main([*args, "train.max_steps=2"])["step"] == 2
+    saved_file = tmp_path / "old" / "config.yaml"
+    original = yaml.safe_load(saved_file.read_text())
+    older = yaml.safe_load(saved_file.read_text())
+    scale = older["data"].pop("global_scale")  # as if written before the key existed
+    saved_file.write_text(yaml.safe_dump(older))
+    missing = r"saved by a version without config key 'data.global_scale'"
+    resume3 = [*args, "--resume", "train.max_steps=3"]
+    err = assert_cli_error(capsys, main_suave.main, resume3, missing)
+    suggested = re.search(r"--override_on_resume '([^']+)'", err).group(1)
+    assert suggested == f"data.global_scale=[{scale[0]}, {scale[1]}]"
+    resumed = main_suave.main([*resume3, "--override_on_resume", suggested])
+    assert resumed["step"] == 3
+    assert "global_scale" in yaml.safe_load(saved_file.read_text())["data"]  # saved: next resume
+    assert main_suave.main([*args, "--resume", "train.max_steps=4"])["step"] == 4  # needs no flag
+    newer = dict(original, data={**original["data"], "retired_key": 7})
+    saved_file.write_text(yaml.safe_dump(newer))
+    assert_cli_error(capsys, main_suave.main, [*args, "--resume", "train.max_steps=5"],
+                     r"saved with config key 'data.retired_key' \(7\), which this version no "
+                     r"longer has")  # fmt: skip
