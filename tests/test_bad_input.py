@@ -63,6 +63,23 @@ def test_corrupt_image_fails_or_is_skipped(tmp_path, cifar10_mini):
     assert int(last[header.index("bad_images")]) == 1
 
 
+def test_corrupt_image_with_the_data_in_memory(tmp_path, cifar10_mini):
+    """device_resident loads every image up front and cannot skip one: with bad_images=skip the
+    one-line error says the setting does not apply there and how to go on."""
+    root = tmp_path / "data"
+    make_small_folder(cifar10_mini, root)
+    victim = sorted((root / "train").glob("*/*"))[5]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated JPEG
+    args = [f"data.root={root}", "data.labels_per_class=2", "train.batch_size_unlabeled=36",
+            "train.batch_size_labeled=6", "train.epochs=1", "data.augment_on=device",
+            "data.device_resident=true", "data.num_workers=0"]  # fmt: skip
+    proc = suave(tmp_path, *args, "data.bad_images=skip", "--name", "resident")
+    assert_one_line_error(
+        proc, rf"corrupt image file .*{victim.name}.*bad_images=skip does not apply with "
+        r"data.device_resident=true.*set data.device_resident=false"
+    )  # fmt: skip
+
+
 def test_unknown_key_and_bad_value(tmp_path):
     assert_one_line_error(suave(tmp_path, "train.epochz=3"), r"unknown config key 'train.epochz'")
     assert_one_line_error(suave(tmp_path, "train.epochs=three"), r"train.epochs' must be int")

@@ -484,9 +484,22 @@ def aug_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1013 + 7)
 
 
-def load_all(source) -> torch.Tensor:
-    """The whole source as one (N, 3, H, W) uint8 tensor (CIFAR-sized data sets)."""
-    images = [TF.pil_to_tensor(source.load(i).convert("RGB")) for i in range(len(source))]
+def load_all(source, bad_images: str = "fail") -> torch.Tensor:
+    """The whole source as one (N, 3, H, W) uint8 tensor (CIFAR-sized data sets). A corrupt file
+    cannot be skipped here (rows are indexed by the data set's indices and labels): with
+    ``bad_images=skip`` the error says so and how to go on, instead of ignoring the setting."""
+    images = []
+    for i in range(len(source)):
+        try:
+            images.append(TF.pil_to_tensor(source.load(i).convert("RGB")))
+        except UserError as err:
+            if bad_images != "skip":
+                raise
+            raise UserError(
+                f"{err} (data.bad_images=skip does not apply with data.device_resident=true, "
+                "which holds every image in memory: remove the file or set "
+                "data.device_resident=false)"
+            ) from None
     sizes = {tuple(img.shape) for img in images}
     if len(sizes) != 1:
         raise UserError(

@@ -439,7 +439,7 @@ def build_train_data(
         multicrop = device_aug.GeometricMultiCrop(cfg.view_specs())
         labeled_view = device_aug.GeometricView(cfg.labeled_spec())
         if cfg.device_resident:
-            store = device_aug.load_all(source)
+            store = device_aug.load_all(source, cfg.bad_images)
             source = device_aug.IndexSource(source)
             multicrop = device_aug.IndexViews(len(cfg.view_specs()))
             labeled_view = device_aug.IndexViews(0)
