@@ -145,6 +145,9 @@ def test_image_over_the_pixel_limit_is_a_bad_image(tmp_path, monkeypatch, caplog
     val = EvalDataset(source, lambda img: img.size, bad_images="skip")
     assert val[0] == ((8, 8), 0)
     assert "skipping corrupt image" in caplog.text
+    # met again (the next epoch / evaluation): still skipped and counted, not warned again
+    assert val[0] == ((8, 8), 0) and train[(0, 0, 0, 0)][3] == (0,)
+    assert caplog.text.count("skipping corrupt image") == 2  # once per dataset
     with pytest.raises(UserError, match="over PIL's pixel limit"):
         EvalDataset(source, lambda img: img.size)[0]  # bad_images=fail
 

@@ -254,6 +254,14 @@ class StepBatchSampler(Sampler):
             yield keys
 
 
+def warn_skipped_once(source, index: int, warned: set[int]) -> None:
+    """Warn that a corrupt file is skipped, once per file and process (not every epoch or
+    evaluation that meets it again); the full path, since names repeat across class folders."""
+    if index not in warned:
+        warned.add(index)
+        log.warning("skipping corrupt image %s", getattr(source, "paths", source.names)[index])
+
+
 class SemiSupervisedDataset(Dataset):
     """Maps a sample key to (stream, views, target, indices of the corrupt files skipped).
 
@@ -293,10 +301,7 @@ class SemiSupervisedDataset(Dataset):
                 if self.bad_images != "skip":
                     raise
                 bad.append(current)
-                if current not in self._warned:  # once per file and process, not every epoch
-                    self._warned.add(current)
-                    where = getattr(self.source, "paths", self.source.names)[current]
-                    log.warning("skipping corrupt image %s", where)  # full path: names repeat
+                warn_skipped_once(self.source, current, self._warned)
         what = "labeled image" if labeled and len(self.labeled) else "image of the data set"
         raise UserError(f"every {what} failed to load")
 
@@ -332,6 +337,7 @@ class EvalDataset(Dataset):
 
     def __init__(self, source, transform, bad_images="fail"):
         self.source, self.transform, self.bad_images = source, transform, bad_images
+        self._warned: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.source)
@@ -344,8 +350,7 @@ class EvalDataset(Dataset):
             except UserError:
                 if self.bad_images != "skip":
                     raise
-                where = getattr(self.source, "paths", self.source.names)[current]
-                log.warning("skipping corrupt image %s", where)
+                warn_skipped_once(self.source, current, self._warned)
                 continue
             return self.transform(img), int(self.source.targets[current])
         raise UserError("every image of the evaluation set failed to load")
