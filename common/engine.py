@@ -95,6 +95,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
+def agreed_precision(precision: str, device: torch.device) -> str:
+    """``resolve_precision``, the same on every rank: with ``auto`` on machines that differ (one
+    node's CPU or GPU computes bf16 natively, another's does not), each process would otherwise
+    pick its own, and the ranks would train one model in two precisions. bf16 only where all of
+    them can; explicit values are never changed. A collective: every rank calls it."""
+    local = resolve_precision(precision, device)
+    if precision != "auto" or not dist.is_dist():
+        return local
+    flag = torch.tensor([1.0 if local == "bf16" else 0.0], device=device)
+    agreed = "bf16" if dist.all_reduce_(flag, "min").item() > 0 else "fp32"
+    if agreed != local:
+        log.info("precision auto: %s here, %s on all ranks (another rank lacks native bf16)",
+                 local, agreed)  # fmt: skip
+    return agreed
+
+
 def autocast_context(precision: str, device: torch.device):
     precision = resolve_precision(precision, device)
     if precision == "fp32":
@@ -191,7 +207,7 @@ class Trainer:
         self.world = dist.world_size()
         self.spe = train_data.steps_per_epoch
         self.total_steps = train_cfg.epochs * self.spe
-        self.precision = resolve_precision(train_cfg.precision, device)
+        self.precision = agreed_precision(train_cfg.precision, device)
         if train_cfg.precision == "auto":
             log.info("train.precision auto -> %s on %s", self.precision, device.type)
         self.amp = autocast_context(self.precision, device)

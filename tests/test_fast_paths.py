@@ -20,6 +20,7 @@ from common.engine import Trainer, step_generator
 from common.errors import UserError
 from common.method import StepContext
 from common.optim import OptimConfig, build_optimizer, param_groups
+from tests.dist_utils import run_distributed
 
 CPU = torch.device("cpu")
 DATA = {"num_global": 2, "global_size": 16, "num_local": 2, "local_size": 8, "labeled_size": 16}
@@ -101,6 +102,25 @@ def test_bf16_autocast_close_to_fp32(tmp_path, method):
     (loss32, delta32), (loss16, delta16) = runs["fp32"], runs["bf16"]
     assert loss16 == pytest.approx(loss32, rel=2e-2)
     assert torch.nn.functional.cosine_similarity(delta16, delta32, dim=0) > 0.95
+
+
+def _agreed_precisions(rank: int, native_per_rank: list[list[bool]]) -> list[tuple[str, str]]:
+    from common import engine
+
+    out = []
+    for natives in native_per_rank:
+        engine.cpu_has_native_bf16 = lambda native=natives[rank]: native
+        out.append((engine.agreed_precision("auto", CPU), engine.agreed_precision("fp32", CPU)))
+    return out
+
+
+def test_precision_auto_is_the_same_on_every_rank():
+    """Nodes that differ (one CPU computes bf16 natively, the other not) train in one precision:
+    bf16 only where every rank can, fp32 otherwise; explicit values stay as given."""
+    cases = [[True, False], [False, True], [True, True], [False, False]]
+    ranks = run_distributed(_agreed_precisions, 2, cases)
+    expected = [("fp32", "fp32"), ("fp32", "fp32"), ("bf16", "fp32"), ("fp32", "fp32")]
+    assert ranks == [expected, expected]
 
 
 def test_precision_auto_follows_the_hardware(tmp_path, monkeypatch):

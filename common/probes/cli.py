@@ -37,7 +37,7 @@ from common.data.loaders import EvalDataset
 from common.data.sources import build_source
 from common.data.splits import labels_per_class_split
 from common.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, EvalTransform
-from common.engine import autocast_context
+from common.engine import agreed_precision, autocast_context
 from common.errors import UserError, run_cli
 from common.logging_utils import log_into_run, setup_logging
 from common.method import Method
@@ -293,7 +293,7 @@ def evaluate(
     train_source, train_loader = build_loader(data, "train", None, args, device)
     classes = train_source.classes
     _, val_loader = build_loader(data, "val", classes, args, device)
-    amp = autocast_context(args.precision, device)
+    amp = autocast_context(agreed_precision(args.precision, device), device)
     results = {"checkpoint": str(args.checkpoint), "format": model.kind, "arch": model.arch,
                "num_prototypes": model.num_prototypes, "num_classes": len(classes),
                "data": data, "notes": list(model.notes)}  # fmt: skip
