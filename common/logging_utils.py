@@ -152,6 +152,7 @@ class WandbLogger:
 
     def __init__(self, cfg: LogConfig, run_dir: Path, name: str, config: dict):
         self.run = None
+        self.first_new_step = 0
         if cfg.wandb_mode == "disabled":
             return
         try:
@@ -173,9 +174,24 @@ class WandbLogger:
             config=config,
             mode=cfg.wandb_mode,
         )
+        self.first_new_step = self._first_new_step()
+
+    def _first_new_step(self) -> int:
+        """After a resume, wandb already holds the steps the previous process logged past its
+        last checkpoint; replaying them (identical values: resume is exact) would only make
+        wandb warn once per row that steps must increase. 0 for a new run."""
+        try:
+            if not self.run.resumed:
+                return 0
+            step = int(self.run.step)
+        except Exception:  # e.g. wandb's shared mode, which has no step counter
+            return 0
+        if step > 0:
+            log.info("wandb run resumed at step %d: steps before it are not sent again", step)
+        return step
 
     def log(self, metrics: dict, step: int) -> None:
-        if self.run is not None:
+        if self.run is not None and step >= self.first_new_step:
             self.run.log(metrics, step=step)
 
     def log_row(self, section: str, row: dict) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,39 @@ def test_wandb_keys_have_one_scheme():
     assert wandb_key("val", "val_top1_head_linear") == "val/top1_head_linear"
     assert wandb_key("train", "loss") == "train/loss"
     assert wandb_key("train", "train_labeled_acc") == "train/labeled_acc"
+
+
+class _FakeRun:
+    def __init__(self, resumed: bool, step):
+        self.resumed, self._step, self.rows = resumed, step, []
+
+    @property
+    def step(self) -> int:
+        if isinstance(self._step, Exception):
+            raise self._step
+        return self._step
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.rows.append(step)
+
+
+@pytest.mark.parametrize(
+    "resumed, next_step, sent",
+    [(True, 131, [131, 140]),  # resumed: wandb holds steps up to 130 from the killed process
+     (False, 0, [100, 120, 131, 140]),  # a new run: everything
+     (True, AssertionError("shared mode"), [100, 120, 131, 140])],  # no step counter: everything
+)  # fmt: skip
+def test_resumed_run_does_not_resend_steps_wandb_has(tmp_path, monkeypatch, resumed, next_step,
+                                                      sent):  # fmt: skip
+    """A run resumed from its checkpoint at step 100 replays steps 101-130 that the killed
+    process had already logged; wandb refuses them with one warning each, so they are not sent."""
+    run = _FakeRun(resumed, next_step)
+    fake = types.SimpleNamespace(init=lambda **kwargs: run)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    logger = WandbLogger(LogConfig(wandb_mode="online"), tmp_path, "resumed", {})
+    for step in (100, 120, 131, 140):
+        logger.log_row("train", {"step": step, "loss": 1.0})
+    assert run.rows == sent
 
 
 def test_offline_run_keeps_logged_metrics(tmp_path, monkeypatch, caplog):
