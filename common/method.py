@@ -72,6 +72,8 @@ class Method(nn.Module):
     name = "method"
     config_cls: ClassVar[type[RunConfig]]
     backbone_prefix: ClassVar[str] = ""  # state-dict prefix of the backbone evaluation reads
+    # a student network beside the evaluated one (Daino): eval_network(..., student=True)
+    has_student: ClassVar[bool] = False
 
     @classmethod
     def build(cls, cfg: RunConfig, num_classes: int, world_size: int) -> Method:

@@ -151,6 +151,7 @@ class Daino(Method):
     name = "daino"
     config_cls = DainoRunConfig
     backbone_prefix = "teacher.backbone."  # evaluated and validated: the teacher, as in DINO
+    has_student = True
 
     def __init__(self, cfg: DainoRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()
@@ -192,10 +193,15 @@ class Daino(Method):
 
     @classmethod
     def eval_network(
-        cls, cfg: DainoRunConfig, ckpt: dict, path: str, with_taps: bool = False
+        cls,
+        cfg: DainoRunConfig,
+        ckpt: dict,
+        path: str,
+        with_taps: bool = False,
+        student: bool = False,
     ) -> EvalNetwork:
-        """The teacher; the online heads were trained on the student's features, so
-        ``with_taps`` rebuilds the student as well."""
+        """The teacher (``student``: the student, as DINO users compare both); the online heads
+        were trained on the student's features, so ``with_taps`` rebuilds the student as well."""
         key = "teacher.head.last_layer.parametrizations.weight.original1"
         num_protos = rows_of(ckpt, key, path, cls.name)
 
@@ -206,11 +212,11 @@ class Daino(Method):
             load_state_strict(net, select_weights(ckpt, {prefix: ""}), path, what)
             return net
 
-        teacher = network("teacher.")
-        out = EvalNetwork(teacher, teacher.backbone, lambda x: teacher([x]), num_protos)
+        evaluated = network("student." if student else "teacher.")
+        out = EvalNetwork(evaluated, evaluated.backbone, lambda x: evaluated([x]), num_protos)
         if with_taps:
-            student = network("student.")
-            out.tapped, out.taps = student, lambda x: student([x], with_taps=True)[1]
+            tapped = evaluated if student else network("student.")
+            out.tapped, out.taps = tapped, lambda x: tapped([x], with_taps=True)[1]
         return out
 
     @property

@@ -218,10 +218,11 @@ def test_suave_pretrain_finetune_evaluate(tmp_path, cifar10_mini):
 
 
 @pytest.mark.parametrize("kind", ["daino", "suave_zero_labels"])
-def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mini, kind):
-    """Daino: teacher features and teacher prototypes (the student is scrambled, so using it would
-    show), and its online heads on the student they were trained on; Suave without labels: its
-    7 prototypes are clusters, so no prototype classifier."""
+def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mini, kind, capsys):
+    """Daino: teacher features and teacher prototypes (the student is initialised otherwise, so
+    using it would show), its online heads on the student they were trained on, and the student
+    with ``--which student``; Suave without labels: its 7 prototypes are clusters, so no prototype
+    classifier, and it has no student to evaluate."""
     from common.config import load_config, to_dict
     from common.data.sources import ImageFolderSource
     from common.data.transforms import CIFAR_MEAN, CIFAR_STD, EvalTransform
@@ -236,7 +237,8 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
                           "daino.head_hidden_dim=32", "daino.head_bottleneck_dim=16",
                           "daino.online_heads=true"])  # fmt: skip
         method = Daino(cfg, 3)
-        randomize(method.student)
+        other = Daino(cfg, 3)  # another initialisation: a student unlike the teacher
+        method.student.load_state_dict(other.student.state_dict())
         randomize(method.online_heads)
     else:
         cfg = load_config(SuaveRunConfig, None, [*base, "data.labels_per_class=0",
@@ -276,6 +278,23 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
         assert results["prototype"] == "n/a: 7 prototypes are clusters (trained without labels)"
     assert results["knn"]["num_images"] == 12 and results["num_prototypes"] == (
         3 if kind == "daino" else 7)  # fmt: skip
+
+    # --which student: Daino's student network; a checkpoint with one network refuses instead of
+    # evaluating that network under another name
+    saved = tmp_path / "student.pt"
+    args = [str(path), "--which", "student", "--num_workers", "0", "--evaluators", "knn,prototype",
+            "--save_features", str(saved), "--output_dir", str(tmp_path / "st")]  # fmt: skip
+    if kind != "daino":
+        assert_cli_error(capsys, evaluate.main, args, r"--which student: .* has one network")
+        return
+    results = evaluate.main(args)
+    with torch.no_grad():
+        student_feats = method.student.backbone(images)
+        predictions = method.student([images]).argmax(1)
+    torch.testing.assert_close(torch.load(saved)["val_features"], student_feats)
+    assert not torch.allclose(student_feats, method.features(images))
+    expected = 100 * (predictions == torch.as_tensor(source.targets)).float().mean().item()
+    assert results["prototype"]["top1"] == pytest.approx(expected)
 
 
 def _official_swav(path):

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--format", default="auto", choices=FORMATS, help="checkpoint kind")
     p.add_argument("--arch", default=None, help="backbone of an official file (default: guessed)")
     p.add_argument("--which", default="teacher", choices=("teacher", "student"),
-                   help="network of a full DINO checkpoint")  # fmt: skip
+                   help="network of a full DINO checkpoint or of our Daino run")  # fmt: skip
     g = p.add_argument_group("data (our checkpoints default to their training data)")
     g.add_argument("--data_root", default=None, help="data set root (train/ and val/ inside)")
     g.add_argument("--dataset", default=None, choices=("imagefolder", "imagenet", "cifar10",

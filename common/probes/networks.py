@@ -52,7 +52,10 @@ def _has_eval_network(cls: type[Method]) -> bool:
     return cls.eval_network.__func__ is not Method.eval_network.__func__
 
 
-def _our_model(path: str, ckpt: dict, methods: Mapping[str, type[Method]]) -> EvalModel:
+def _our_model(
+    path: str, ckpt: dict, methods: Mapping[str, type[Method]], which: str = "teacher"
+) -> EvalModel:
+    """``which``: ``student`` evaluates the student of a method that has one (Daino)."""
     meta, config = ckpt.get("meta", {}), ckpt.get("config")
     if not isinstance(config, Mapping):
         raise UserError(f"checkpoint {path} has no saved config: cannot rebuild its network")
@@ -62,9 +65,13 @@ def _our_model(path: str, ckpt: dict, methods: Mapping[str, type[Method]]) -> Ev
     if cls is None:
         raise UserError(f"checkpoint {path} is from method {method!r}, not "
                         f"{' or '.join(evaluable)}")  # fmt: skip
+    if which == "student" and not cls.has_student:
+        raise UserError(f"--which student: checkpoint {path} is from {method!r}, which has one "
+                        "network (Daino checkpoints and DINO files have a student)")  # fmt: skip
     cfg = from_dict(cls.config_cls, dict(config))
     head_dims = _online_head_dims(ckpt)
-    net = cls.eval_network(cfg, ckpt, path, with_taps=bool(head_dims))
+    student = {"student": True} if which == "student" else {}
+    net = cls.eval_network(cfg, ckpt, path, with_taps=bool(head_dims), **student)
     model = EvalModel(net.module, net.features, None, method, cfg.model.backbone,
                       net.num_prototypes, dict(config))  # fmt: skip
     model.classes = meta.get("classes")
@@ -160,7 +167,7 @@ def load_eval_model(
             if fmt == "ours":
                 raise
         else:
-            return _our_model(path, ckpt, methods)
+            return _our_model(path, ckpt, methods, which)
     from common.models import pretrained
 
     guessed_fmt, guessed_arch = sniff_foreign(pretrained.read_checkpoint(path), path)
