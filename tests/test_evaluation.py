@@ -27,6 +27,7 @@ from common.probes import (
     knn_scores,
     linear_probe,
 )
+from common.probes import cli as evaluate_cli
 from common.probes.linear import standardizer
 from tests.dist_utils import run_distributed
 from tests.helpers import TINY_SUAVE, assert_cli_error, randomize
@@ -295,6 +296,11 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
     assert not torch.allclose(student_feats, method.features(images))
     expected = 100 * (predictions == torch.as_tensor(source.targets)).float().mean().item()
     assert results["prototype"]["top1"] == pytest.approx(expected)
+    # kept beside the teacher's results, never over them (files and --log_to_run columns)
+    assert (
+        results["network"] == "student" and (tmp_path / "st" / "eval_last_student.json").is_file()
+    )
+    assert "val_knn_student_top1" in evaluate_cli.run_values(results, "student")
 
 
 def _official_swav(path):
@@ -319,7 +325,7 @@ def _official_dino(path):
 
 
 @pytest.mark.parametrize("kind", ["swav", "dino"])
-def test_evaluate_official_checkpoints(tmp_path, cifar10_mini, kind):
+def test_evaluate_official_checkpoints(tmp_path, cifar10_mini, kind, capsys):
     """Official-layout files are recognised (format, architecture); k-NN + linear, no prototypes."""
     root = tiny_folder(cifar10_mini, tmp_path / "data")
     path = tmp_path / f"{kind}.pth"
@@ -327,6 +333,9 @@ def test_evaluate_official_checkpoints(tmp_path, cifar10_mini, kind):
     data = ["--data_root", str(root)] if kind == "swav" else [
         "--train_dir", str(root / "train"), "--val_dir", str(root / "val")]  # fmt: skip
     ckpt = [str(path)] if kind == "swav" else ["--checkpoint", str(path)]
+    if kind == "swav":  # one network: --which student is refused, not ignored
+        assert_cli_error(capsys, evaluate.main, [*ckpt, *data, "--which", "student"],
+                         r"--which student: .* SwAV checkpoint, which has one network")  # fmt: skip
     results = evaluate.main([*ckpt, *data, "--eval_size", "32", "--eval_resize", "0",
                              "--num_workers", "0", "--linear_wd", "0.01",
                              "--output_dir", str(tmp_path / "out")])  # fmt: skip

@@ -276,9 +276,11 @@ def run_target(args: argparse.Namespace) -> tuple[Path, dict] | None:
     return run_dir, ckpt
 
 
-def run_values(results: dict) -> dict:
-    """``val_<evaluator>_top1/top5`` columns (wandb ``val/<evaluator>_top1``)."""
-    return {f"val_{row['evaluator']}_{k}": row[k] for row in result_rows(results)
+def run_values(results: dict, network: str = "") -> dict:
+    """``val_<evaluator>_top1/top5`` columns (wandb ``val/<evaluator>_top1``); ``network``
+    (``student``) is named in them, so a student's results never overwrite the teacher's."""
+    tag = f"_{network}" if network else ""
+    return {f"val_{row['evaluator']}{tag}_{k}": row[k] for row in result_rows(results)
             for k in ("top1", "top5")}  # fmt: skip
 
 
@@ -297,6 +299,8 @@ def evaluate(
     results = {"checkpoint": str(args.checkpoint), "format": model.kind, "arch": model.arch,
                "num_prototypes": model.num_prototypes, "num_classes": len(classes),
                "data": data, "notes": list(model.notes)}  # fmt: skip
+    if model.kind in ("daino", "dino"):  # teacher and student: say which one was evaluated
+        results["network"] = args.which
     where = Path(data["train_root"]) / data["train_split"]
     log.info("evaluating %s (%s, %s) on %s", args.checkpoint, model.kind, model.arch, where)
 
@@ -377,7 +381,10 @@ def main(argv: list[str] | None, methods: Mapping[str, type[Method]]) -> dict:
         if dist.is_main():
             out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(
                 Path(args.checkpoint))  # fmt: skip
-            stem = args.name or Path(args.checkpoint).name.split(".")[0]
+            # the student's results are kept beside the teacher's (the default), not over them
+            network = "student" if args.which == "student" else ""
+            stem = args.name or Path(args.checkpoint).name.split(".")[0] + (
+                f"_{network}" if network else "")  # fmt: skip
             json_path, csv_path = write_outputs(results, out_dir, stem)
             print(format_table(results))
             for name in EVALUATORS:
@@ -387,7 +394,7 @@ def main(argv: list[str] | None, methods: Mapping[str, type[Method]]) -> dict:
             if target is not None:
                 run_dir, ckpt = target
                 mode = ((ckpt.get("config") or {}).get("log") or {}).get("wandb_mode", "disabled")
-                row = log_into_run(run_dir, ckpt, run_values(results),
+                row = log_into_run(run_dir, ckpt, run_values(results, network),
                                    "offline" if mode != "disabled" else None)  # fmt: skip
                 print(f"logged into {run_dir} at step {row['step']}")
         return results

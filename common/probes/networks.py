@@ -174,6 +174,8 @@ def load_eval_model(
     fmt = guessed_fmt if fmt == "auto" else fmt
     arch = arch or guessed_arch
     backbone, _ = build_backbone(arch)
+    if fmt == "swav" and which == "student":
+        raise UserError(f"--which student: {path} is a SwAV checkpoint, which has one network")
     if fmt == "swav":
         report = pretrained.load_swav_backbone(backbone, path)
     else:
