@@ -172,10 +172,10 @@ def load_eval_model(
 
     guessed_fmt, guessed_arch = sniff_foreign(pretrained.read_checkpoint(path), path)
     fmt = guessed_fmt if fmt == "auto" else fmt
+    if fmt == "swav" and which == "student":  # refused before any network is built
+        raise UserError(f"--which student: {path} is a SwAV checkpoint, which has one network")
     arch = arch or guessed_arch
     backbone, _ = build_backbone(arch)
-    if fmt == "swav" and which == "student":
-        raise UserError(f"--which student: {path} is a SwAV checkpoint, which has one network")
     if fmt == "swav":
         report = pretrained.load_swav_backbone(backbone, path)
     else:
