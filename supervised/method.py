@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checkpoint import load_state_strict, rows_of, select_weights
 from common.errors import UserError
 from common.losses import labeled_loss, mixed_labels_loss, weighted_total
-from common.method import Method, StepContext, StepOutput
+from common.method import EvalNetwork, Method, StepContext, StepOutput
 from common.mixup import MixupConfig, mix_permuted
 from common.models.dino_head import DINOHead
 from common.models.factory import build_backbone
@@ -88,10 +89,28 @@ class PrototypeClassifier(nn.Module):
         return self.prototypes(F.normalize(self.projector(feats), dim=1))
 
 
+# where a checkpoint keeps the classifier's output rows, by ``supervised.head``
+_CLASS_ROWS = {"prototypes": "net.prototypes.weight", "linear": "net.linear.weight",
+               "dino": "net.dino_head.last_layer.parametrizations.weight.original1"}  # fmt: skip
+
+
 class Supervised(Method):
     name = "supervised"
     config_cls = SupervisedRunConfig
     backbone_prefix = "net.backbone."
+
+    @classmethod
+    def eval_network(
+        cls, cfg: SupervisedRunConfig, ckpt: dict, path: str, with_taps: bool = False
+    ) -> EvalNetwork:
+        """``net`` (backbone and classifier), so that a baseline's features meet the same k-NN,
+        linear probe and classifier evaluation as its method's (the baseline has no online
+        heads, so ``with_taps`` never comes)."""
+        classes = rows_of(ckpt, _CLASS_ROWS[cfg.supervised.head], path, cls.name)
+        backbone, feat_dim = build_backbone(cfg.model.backbone, 0.0)
+        net = PrototypeClassifier(backbone, feat_dim, cfg.supervised, classes)
+        load_state_strict(net, select_weights(ckpt, {"net.": ""}), path, "supervised network")
+        return EvalNetwork(net, net.backbone, net, classes)
 
     def __init__(self, cfg: SupervisedRunConfig, num_classes: int, world_size: int = 1):
         super().__init__()

@@ -303,6 +303,45 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
     assert "val_knn_student_top1" in evaluate_cli.run_values(results, "student")
 
 
+@pytest.mark.parametrize("head", ["prototypes", "dino", "linear"])
+def test_evaluate_supervised_baseline(tmp_path, cifar10_mini, head):
+    """The supervised-only baseline's checkpoint meets the same evaluators as its method's (it was
+    refused): its own backbone features and classifier, whichever head it trained."""
+    from common.config import load_config, to_dict
+    from common.data.sources import ImageFolderSource
+    from common.data.transforms import CIFAR_MEAN, CIFAR_STD, EvalTransform
+    from supervised.method import Supervised, SupervisedRunConfig
+
+    root = tiny_folder(cifar10_mini, tmp_path / "data")
+    cfg = load_config(SupervisedRunConfig, None, [
+        f"data.root={root}", "data.normalization=cifar", "data.eval_size=32", "data.eval_resize=0",
+        "model.backbone=resnet_mini", "data.labels_per_class=2", f"supervised.head={head}",
+        "supervised.projector_hidden_dim=32", "supervised.embed_dim=16",
+        "supervised.head_hidden_dim=32", "supervised.head_bottleneck_dim=16"])  # fmt: skip
+    method = Supervised(cfg, 3)
+    path = tmp_path / "run" / "checkpoints" / "last.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": method.state_dict(), "meta": method.meta(), "config": to_dict(cfg),
+                "step": 0}, path)  # fmt: skip
+    feats_file = tmp_path / "features.pt"
+    results = evaluate.main([str(path), "--num_workers", "0", "--evaluators", "knn,prototype",
+                             "--save_features", str(feats_file)])  # fmt: skip
+
+    source = ImageFolderSource(
+        root / "val", classes=sorted(p.name for p in (root / "train").iterdir())
+    )
+    transform = EvalTransform(32, None, CIFAR_MEAN, CIFAR_STD)
+    images = torch.stack([transform(source.load(i)) for i in range(len(source))])
+    method.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(feats_file)["val_features"], method.features(images))
+        predictions = method.classify(images).argmax(1)
+    expected = 100 * (predictions == torch.as_tensor(source.targets)).float().mean().item()
+    assert results["format"] == "supervised" and results["num_prototypes"] == 3
+    assert results["prototype"]["top1"] == pytest.approx(expected)
+    assert results["knn"]["num_images"] == 12
+
+
 def _official_swav(path):
     from common.models.factory import build_backbone
 

@@ -37,7 +37,7 @@ class EvalModel:
     module: nn.Module
     features: Callable[[torch.Tensor], torch.Tensor]
     classify: Callable[[torch.Tensor], torch.Tensor] | None
-    kind: str  # suave | daino | swav | dino
+    kind: str  # suave | daino | supervised | swav | dino
     arch: str
     num_prototypes: int | None = None
     run_config: dict | None = None  # ours: the saved training config (data defaults)
