@@ -166,7 +166,7 @@ class DevicePath:
             for mode in ("fused", "exact")
         }
         self.step = 0
-        store = load_all(source)  # the data set on the device: crops there too
+        store, _ = load_all(source)  # the data set on the device: crops there too
         self.resident = ResidentTransform(store, self.specs, cfg.labeled_spec(), mean, std)
         index = torch.arange(images, device=device) % len(store)
         self.index_batch = {"unlabeled": [index] * len(self.specs)}

@@ -10,6 +10,7 @@ import torch
 import main_daino
 import main_suave
 from common.checkpoint import load_file
+from common.errors import UserError
 from common.models.factory import build_backbone
 from tests.helpers import TINY_SUAVE, assert_cli_error, assert_one_line_error, run_entry
 from tests.reliability_utils import DAINO, SUAVE
@@ -64,20 +65,48 @@ def test_corrupt_image_fails_or_is_skipped(tmp_path, cifar10_mini):
 
 
 def test_corrupt_image_with_the_data_in_memory(tmp_path, cifar10_mini):
-    """device_resident loads every image up front and cannot skip one: with bad_images=skip the
-    one-line error says the setting does not apply there and how to go on."""
+    """device_resident decodes every image up front: a corrupt file stops it there, naming the
+    file; with bad_images=skip it is held out of memory and replaced like on the loader path
+    (warned with its path, counted once). Old code: refused skip with this setting."""
     root = tmp_path / "data"
     make_small_folder(cifar10_mini, root)
     victim = sorted((root / "train").glob("*/*"))[5]
     victim.write_bytes(victim.read_bytes()[:40])  # truncated JPEG
     args = [f"data.root={root}", "data.labels_per_class=2", "train.batch_size_unlabeled=36",
-            "train.batch_size_labeled=6", "train.epochs=1", "data.augment_on=device",
+            "train.batch_size_labeled=6", "data.augment_on=device",
             "data.device_resident=true", "data.num_workers=0"]  # fmt: skip
-    proc = suave(tmp_path, *args, "data.bad_images=skip", "--name", "resident")
-    assert_one_line_error(
-        proc, rf"corrupt image file .*{victim.name}.*bad_images=skip does not apply with "
-        r"data.device_resident=true.*set data.device_resident=false"
-    )  # fmt: skip
+    proc = suave(tmp_path, *args, "train.epochs=1", "--name", "fail")
+    assert_one_line_error(proc, rf"corrupt image file .*{victim.name}")
+    proc = suave(tmp_path, *args, "data.bad_images=skip", "train.epochs=2", "--name", "skip")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"skipping corrupt image {victim}" in proc.stdout + proc.stderr  # the full path
+    rows = (tmp_path / "runs" / "skip" / "metrics_step.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert int(last[header.index("bad_images")]) == 1  # met in both epochs, counted once
+
+
+def test_in_memory_skip_replaces_within_its_stream():
+    """In memory the data set hands out indices: a corrupt one becomes the next loadable index,
+    a labeled one the next labeled index (never an unlabeled image's label), with its target."""
+    from common.data.device_aug import IndexSource, IndexViews
+    from common.data.loaders import SemiSupervisedDataset
+
+    class Five:
+        classes, names, targets = ["a", "b"], [f"{i}.png" for i in range(6)], [0, 1, 0, 1, 0, 1]
+
+        def __len__(self):
+            return 6
+
+    source = IndexSource(Five(), {1: "corrupt image file 1.png", 2: "corrupt image file 2.png"})
+    data = SemiSupervisedDataset(source, IndexViews(2), IndexViews(0), seed=0, bad_images="skip",
+                                 labeled_indices=[1, 4])  # fmt: skip
+    stream, views, target, bad = data[(0, 1, 0, 0)]
+    assert [int(v) for v in views] == [3, 3] and target == 1 and bad == (1, 2)
+    stream, view, target, bad = data[(1, 1, 0, 0)]
+    assert int(view) == 4 and target == 0 and bad == (1,)
+    strict = SemiSupervisedDataset(source, IndexViews(2), IndexViews(0), seed=0)
+    with pytest.raises(UserError, match="corrupt image file 1.png"):
+        strict[(0, 1, 0, 0)]
 
 
 def test_unknown_key_and_bad_value(tmp_path):

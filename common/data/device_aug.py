@@ -27,6 +27,7 @@ No new dependency: the choice is measured in benchmarks/RESULTS.md (issue 16 sec
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ from torchvision.transforms import functional as TF
 
 from common.data.transforms import ViewSpec, sample_resized_crop
 from common.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MAX_RADIUS = 6  # ceil(3 * 2.0)
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -484,41 +487,52 @@ def aug_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1013 + 7)
 
 
-def load_all(source, bad_images: str = "fail") -> torch.Tensor:
-    """The whole source as one (N, 3, H, W) uint8 tensor (CIFAR-sized data sets). A corrupt file
-    cannot be skipped here (rows are indexed by the data set's indices and labels): with
-    ``bad_images=skip`` the error says so and how to go on, instead of ignoring the setting."""
-    images = []
+def load_all(source, bad_images: str = "fail") -> tuple[torch.Tensor, dict[int, str]]:
+    """The whole source as one (N, 3, H, W) uint8 tensor (CIFAR-sized data sets), and the errors
+    of its corrupt files by index. ``bad_images=fail`` stops at the first one, naming it; with
+    ``skip`` their rows stay zero and ``IndexSource`` refuses them, so the data set replaces each
+    by the next loadable image, as the loader path does (same warning, same count)."""
+    images: dict[int, torch.Tensor] = {}
+    bad: dict[int, str] = {}
     for i in range(len(source)):
         try:
-            images.append(TF.pil_to_tensor(source.load(i).convert("RGB")))
+            images[i] = TF.pil_to_tensor(source.load(i).convert("RGB"))
         except UserError as err:
             if bad_images != "skip":
                 raise
-            raise UserError(
-                f"{err} (data.bad_images=skip does not apply with data.device_resident=true, "
-                "which holds every image in memory: remove the file or set "
-                "data.device_resident=false)"
-            ) from None
-    sizes = {tuple(img.shape) for img in images}
+            bad[i] = str(err)
+    if not images:
+        raise UserError(f"every one of the {len(source)} training images failed to load")
+    sizes = {tuple(img.shape) for img in images.values()}
     if len(sizes) != 1:
         raise UserError(
             f"data.device_resident=true needs images of one size, found {len(sizes)} sizes"
         )
-    return torch.stack(images)
+    store = torch.zeros((len(source), *sizes.pop()), dtype=torch.uint8)
+    for i, img in images.items():
+        store[i] = img
+    if bad:
+        log.warning("%d corrupt training image(s) held out of memory and skipped (bad_images=skip)",
+                    len(bad))  # fmt: skip
+    return store, bad
 
 
 class IndexSource:
-    """A source whose ``load`` returns the index: the loader hands out indices only."""
+    """A source whose ``load`` returns the index: the loader hands out indices only. A corrupt
+    file's index raises the error its decoding raised, for ``bad_images=skip`` to replace it."""
 
-    def __init__(self, source):
+    def __init__(self, source, bad: dict[int, str] | None = None):
         self.source, self.targets, self.names = source, source.targets, source.names
-        self.classes = source.classes
+        self.classes, self.bad = source.classes, bad or {}
+        if hasattr(source, "paths"):
+            self.paths = source.paths
 
     def __len__(self) -> int:
         return len(self.source)
 
     def load(self, index: int) -> int:
+        if index in self.bad:
+            raise UserError(self.bad[index])
         return index
 
 

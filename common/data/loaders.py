@@ -444,8 +444,8 @@ def build_train_data(
         multicrop = device_aug.GeometricMultiCrop(cfg.view_specs())
         labeled_view = device_aug.GeometricView(cfg.labeled_spec())
         if cfg.device_resident:
-            store = device_aug.load_all(source, cfg.bad_images)
-            source = device_aug.IndexSource(source)
+            store, bad = device_aug.load_all(source, cfg.bad_images)
+            source = device_aug.IndexSource(source, bad)
             multicrop = device_aug.IndexViews(len(cfg.view_specs()))
             labeled_view = device_aug.IndexViews(0)
     dataset = SemiSupervisedDataset(
