@@ -218,15 +218,36 @@ def test_suave_pretrain_finetune_evaluate(tmp_path, cifar10_mini):
     assert results["knn"]["top1"] >= 20 and results["linear"]["top1"] >= 20
 
 
+def save_run_checkpoint(run_dir, method, cfg):
+    """``method`` as a run's last checkpoint (weights, identity, config), as training writes it."""
+    from common.config import to_dict
+
+    path = run_dir / "checkpoints" / "last.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": method.state_dict(), "meta": method.meta(), "config": to_dict(cfg),
+                "step": 0}, path)  # fmt: skip
+    return path
+
+
+def val_images(root):
+    """The tiny folder's validation source and its 32 px centre views, as evaluation sees them."""
+    from common.data.sources import ImageFolderSource
+    from common.data.transforms import CIFAR_MEAN, CIFAR_STD, EvalTransform
+
+    source = ImageFolderSource(
+        root / "val", classes=sorted(p.name for p in (root / "train").iterdir())
+    )
+    transform = EvalTransform(32, None, CIFAR_MEAN, CIFAR_STD)
+    return source, torch.stack([transform(source.load(i)) for i in range(len(source))])
+
+
 @pytest.mark.parametrize("kind", ["daino", "suave_zero_labels"])
 def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mini, kind, capsys):
     """Daino: teacher features and teacher prototypes (the student is initialised otherwise, so
     using it would show), its online heads on the student they were trained on, and the student
     with ``--which student``; Suave without labels: its 7 prototypes are clusters, so no prototype
     classifier, and it has no student to evaluate."""
-    from common.config import load_config, to_dict
-    from common.data.sources import ImageFolderSource
-    from common.data.transforms import CIFAR_MEAN, CIFAR_STD, EvalTransform
+    from common.config import load_config
     from daino.method import Daino, DainoRunConfig
     from suave.method import Suave, SuaveRunConfig
 
@@ -246,20 +267,13 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
                           "train.batch_size_labeled=0", "suave.num_prototypes=7",
                           "suave.projector_hidden_dim=32", "suave.embed_dim=16"])  # fmt: skip
         method = Suave(cfg, 3)
-    path = tmp_path / "run" / "checkpoints" / "last.pth"
-    path.parent.mkdir(parents=True)
-    torch.save({"model": method.state_dict(), "meta": method.meta(), "config": to_dict(cfg),
-                "step": 0}, path)  # fmt: skip
+    path = save_run_checkpoint(tmp_path / "run", method, cfg)
     feats_file = tmp_path / "features.pt"
     results = evaluate.main([str(path), "--num_workers", "0", "--linear_wd", "0.1",
                              "--save_features", str(feats_file)])  # fmt: skip
     assert (tmp_path / "run" / "eval_last.json").is_file()  # next to the run, not in checkpoints/
 
-    source = ImageFolderSource(
-        root / "val", classes=sorted(p.name for p in (root / "train").iterdir())
-    )
-    transform = EvalTransform(32, None, CIFAR_MEAN, CIFAR_STD)
-    images = torch.stack([transform(source.load(i)) for i in range(len(source))])
+    source, images = val_images(root)
     method.eval()
     with torch.no_grad():
         torch.testing.assert_close(torch.load(feats_file)["val_features"], method.features(images))
@@ -307,9 +321,7 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
 def test_evaluate_supervised_baseline(tmp_path, cifar10_mini, head):
     """The supervised-only baseline's checkpoint meets the same evaluators as its method's (it was
     refused): its own backbone features and classifier, whichever head it trained."""
-    from common.config import load_config, to_dict
-    from common.data.sources import ImageFolderSource
-    from common.data.transforms import CIFAR_MEAN, CIFAR_STD, EvalTransform
+    from common.config import load_config
     from supervised.method import Supervised, SupervisedRunConfig
 
     root = tiny_folder(cifar10_mini, tmp_path / "data")
@@ -319,19 +331,12 @@ def test_evaluate_supervised_baseline(tmp_path, cifar10_mini, head):
         "supervised.projector_hidden_dim=32", "supervised.embed_dim=16",
         "supervised.head_hidden_dim=32", "supervised.head_bottleneck_dim=16"])  # fmt: skip
     method = Supervised(cfg, 3)
-    path = tmp_path / "run" / "checkpoints" / "last.pth"
-    path.parent.mkdir(parents=True)
-    torch.save({"model": method.state_dict(), "meta": method.meta(), "config": to_dict(cfg),
-                "step": 0}, path)  # fmt: skip
+    path = save_run_checkpoint(tmp_path / "run", method, cfg)
     feats_file = tmp_path / "features.pt"
     results = evaluate.main([str(path), "--num_workers", "0", "--evaluators", "knn,prototype",
                              "--save_features", str(feats_file)])  # fmt: skip
 
-    source = ImageFolderSource(
-        root / "val", classes=sorted(p.name for p in (root / "train").iterdir())
-    )
-    transform = EvalTransform(32, None, CIFAR_MEAN, CIFAR_STD)
-    images = torch.stack([transform(source.load(i)) for i in range(len(source))])
+    source, images = val_images(root)
     method.eval()
     with torch.no_grad():
         torch.testing.assert_close(torch.load(feats_file)["val_features"], method.features(images))
