@@ -333,6 +333,23 @@ def load_partial(module: torch.nn.Module, weights: dict, path, what: str) -> lis
     return [k for k in own if k not in weights]
 
 
+def backbone_prefix_of(ckpt: dict, path: str | Path) -> str:
+    """Where one of our checkpoints keeps the backbone evaluation reads: its ``meta`` says so
+    (``Method.backbone_prefix``), so one method starts from another's backbone without knowing
+    its layout. Checkpoints written before that key: the one ``<name>.backbone.`` prefix among
+    their tensors (Suave's and the baseline's ``net.backbone.``); more than one is refused."""
+    prefix = ckpt.get("meta", {}).get("backbone_prefix")
+    if prefix:
+        return prefix
+    found = {key.split(".", 1)[0] + ".backbone." for key in ckpt.get("model", {})
+             if key.split(".")[1:2] == ["backbone"]}  # fmt: skip
+    if len(found) != 1:
+        what = ", ".join(sorted(found)) or "none"
+        raise UserError(f"checkpoint {path} does not say which of its backbones to start from "
+                        f"({what}); it predates meta.backbone_prefix")  # fmt: skip
+    return found.pop()
+
+
 def open_init_checkpoint(path: str | Path, fmt: str, foreign: str) -> tuple[str, dict | None]:
     """Resolve ``model.init_format``: ("ours", checkpoint) or (``foreign``, None) for a release.
 

@@ -156,4 +156,4 @@ class Method(nn.Module):
         """Identity written into checkpoints and checked on resume."""
         return {"method": self.name, "backbone": self.backbone_name,
                 "num_classes": self.num_classes, "num_prototypes": self.num_prototypes,
-                "supervised": self.supervised}  # fmt: skip
+                "supervised": self.supervised, "backbone_prefix": self.backbone_prefix}  # fmt: skip

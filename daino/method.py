@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from common.checkpoint import (
+    backbone_prefix_of,
     load_partial,
     load_state_strict,
     open_init_checkpoint,
@@ -357,12 +358,12 @@ class Daino(Method):
             if self.dcfg.init_head and not same_outputs:  # e.g. self-supervised -> labels
                 log.info("checkpoint %s has another number of outputs: its last layer and "
                          "center are not loaded", path)  # fmt: skip
-        elif method == "suave":  # a Suave backbone starts both networks; heads stay fresh
-            from suave.method import Suave  # where its checkpoints keep the backbone
-
-            sources = {net: {Suave.backbone_prefix: "backbone."} for net in ("student", "teacher")}
+        elif method in ("suave", "supervised"):  # its backbone starts both networks; heads fresh
+            prefix = backbone_prefix_of(ckpt, path)
+            sources = {net: {prefix: "backbone."} for net in ("student", "teacher")}
         else:
-            raise UserError(f"checkpoint {path} is a {method!r} checkpoint, not Daino or Suave")
+            raise UserError(f"checkpoint {path} is a {method!r} checkpoint, not Daino, Suave or "
+                            "supervised")  # fmt: skip
         for net_name, prefixes in sources.items():
             net = getattr(self, net_name)
             weights = select_weights(ckpt, prefixes)

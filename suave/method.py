@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoint import (
+    backbone_prefix_of,
     load_partial,
     load_state_strict,
     open_init_checkpoint,
@@ -401,24 +402,40 @@ class Suave(Method):
             report = load_swav_backbone(self.net, path, load_projector=load_projector)
             log.info("initialised from SwAV checkpoint %s: %s", path, report)
         elif fmt == "ours":
-            prefixes = {self.backbone_prefix: "backbone."}
-            if load_projector:
-                prefixes["net.projector."] = "projector."
-            if self.scfg.init_prototypes:
-                theirs = ckpt.get("meta", {}).get("num_prototypes", ckpt.get("meta", {}).get(
-                    "num_classes"))  # fmt: skip
-                if theirs != self.num_prototypes:
-                    raise UserError(f"suave.init_prototypes: checkpoint {path} has {theirs} "
-                                    f"prototypes, this run {self.num_prototypes}")  # fmt: skip
-                prefixes["net.prototypes."] = "prototypes."
-            weights = select_weights(ckpt, prefixes)
-            if not weights:
-                raise UserError(f"checkpoint {path} holds no Suave/SwAV network weights")
-            load_partial(self.net, weights, path, "network")
-            log.info("initialised %d tensors from %s", len(weights), path)
-            if self.online_heads is not None:
-                self.online_heads.load_matching(ckpt, path)
+            self._init_from_ours(path, ckpt, load_projector)
         else:
             raise UserError(f"model.init_format '{fmt}' cannot initialise Suave (use swav or ours)")
         if self.ema is not None:
             self.ema.load_state_dict(self.net.state_dict())
+
+    def _init_from_ours(self, path: str, ckpt: dict, load_projector: bool) -> None:
+        """The backbone of any of our checkpoints, wherever its meta says it is (Daino: the
+        teacher's, the network it evaluates); projector and prototypes on request, from a file
+        that holds Suave's (Suave's own, or the baseline's prototype head)."""
+        meta = ckpt.get("meta", {})
+        method = meta.get("method")
+        prefix = backbone_prefix_of(ckpt, path) if method is not None else self.backbone_prefix
+        prefixes = {prefix: "backbone."}
+        parts = {"projector": "model.init_projector"} if load_projector else {}
+        if self.scfg.init_prototypes:
+            theirs = meta.get("num_prototypes", meta.get("num_classes"))
+            if theirs != self.num_prototypes:
+                raise UserError(f"suave.init_prototypes: checkpoint {path} has {theirs} "
+                                f"prototypes, this run {self.num_prototypes}")  # fmt: skip
+            parts["prototypes"] = "suave.init_prototypes"
+        for part, flag in parts.items():
+            if not any(key.startswith(f"net.{part}.") for key in ckpt["model"]):
+                raise UserError(f"checkpoint {path} ({method or 'ours'}) has no Suave {part} "
+                                f"to load: set {flag}=false")  # fmt: skip
+            prefixes[f"net.{part}."] = f"{part}."
+        weights = select_weights(ckpt, prefixes)
+        if not weights:
+            raise UserError(f"checkpoint {path} holds no Suave/SwAV network weights")
+        missing = [k for k in load_partial(self.net, weights, path, "network")
+                   if k.startswith("backbone.")]  # fmt: skip
+        if missing:
+            raise UserError(f"checkpoint {path} lacks {len(missing)} backbone tensors, e.g. "
+                            f"{missing[0]} (another backbone?)")  # fmt: skip
+        log.info("initialised %d tensors from %s", len(weights), path)
+        if self.online_heads is not None and method in (None, self.name):
+            self.online_heads.load_matching(ckpt, path)

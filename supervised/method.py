@@ -142,7 +142,8 @@ class Supervised(Method):
 
     def meta(self) -> dict:
         return {"method": self.name, "backbone": self.cfg.model.backbone,
-                "num_classes": self.num_classes}  # fmt: skip
+                "num_classes": self.num_classes,
+                "backbone_prefix": self.backbone_prefix}  # fmt: skip
 
     def training_step(self, batch: dict, ctx: StepContext) -> StepOutput:
         s, labeled, labels = self.scfg, batch["labeled"], batch["labels"]
