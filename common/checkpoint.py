@@ -313,8 +313,12 @@ def select_weights(ckpt: dict, prefixes: dict[str, str]) -> dict:
     return out
 
 
-def load_partial(module: torch.nn.Module, weights: dict, path, what: str) -> list[str]:
-    """Load ``weights`` into ``module``: every given tensor must exist with the right shape.
+def load_partial(
+    module: torch.nn.Module, weights: dict, path, what: str, required: str = "backbone."
+) -> list[str]:
+    """Load ``weights`` into ``module``: every given tensor must exist with the right shape, and
+    every tensor of the module under ``required`` must be given (a file with another backbone
+    fails here instead of leaving part of it random).
 
     Returns the module's keys that were *not* provided (e.g. a fresh classifier).
     """
@@ -329,8 +333,13 @@ def load_partial(module: torch.nn.Module, weights: dict, path, what: str) -> lis
             f"checkpoint {path}: {len(wrong)} {what} tensors have the wrong shape, e.g. {k} "
             f"{list(weights[k].shape)} vs {list(own[k].shape)} (another architecture?)"
         )
+    missing = [k for k in own if k not in weights]
+    absent = [k for k in missing if k.startswith(required)]
+    if absent:
+        raise UserError(f"checkpoint {path} lacks {len(absent)} {what} tensors under "
+                        f"{required!r}, e.g. {absent[0]} (another backbone?)")  # fmt: skip
     module.load_state_dict(weights, strict=False)
-    return [k for k in own if k not in weights]
+    return missing
 
 
 def backbone_prefix_of(ckpt: dict, path: str | Path) -> str:

@@ -369,11 +369,7 @@ class Daino(Method):
             weights = select_weights(ckpt, prefixes)
             if not same_outputs:
                 weights = {k: v for k, v in weights.items() if not k.startswith("head.last_layer")}
-            missing = load_partial(net, weights, path, f"{net_name} network")
-            absent = [k for k in missing if k.startswith("backbone.")]
-            if absent:
-                raise UserError(f"checkpoint {path} lacks {len(absent)} {net_name} backbone "
-                                f"tensors, e.g. {absent[0]} (another backbone?)")  # fmt: skip
+            load_partial(net, weights, path, f"{net_name} network")
             log.info("initialised %d %s tensors from %s", len(weights), net_name, path)
         center = ckpt["model"].get("loss.center")
         if method == "daino" and self.dcfg.init_head and same_outputs and center is not None:

@@ -108,3 +108,23 @@ def test_backbone_prefix_of():
     assert backbone_prefix_of(legacy, "p") == "net.backbone."
     with pytest.raises(UserError, match=r"\(none\)"):
         backbone_prefix_of({"meta": {}, "model": {"x.weight": 0}}, "p")
+
+
+@pytest.mark.parametrize("target", ["suave", "daino"])
+def test_a_backbone_missing_tensors_is_refused_before_loading(tmp_path, target):
+    """Every backbone tensor must come from the file (load_partial's ``required``): one missing
+    is refused in one line, and nothing of the file is loaded."""
+    path = tmp_path / "src.pth"
+    save(make("suave"), path)
+    ckpt = torch.load(path)
+    del ckpt["model"]["net.backbone.conv1.weight"]
+    torch.save(ckpt, path)
+    method = make(target)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    args = {"load_projector": False} if target == "suave" else {}
+    with pytest.raises(UserError, match=r"lacks 1 .*tensors under 'backbone\.', e\.g\. "
+                       r"backbone\.conv1\.weight") as info:  # fmt: skip
+        method.initialize_from(str(path), "ours", **args)
+    assert "\n" not in str(info.value)
+    for key, value in method.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
