@@ -218,15 +218,19 @@ def test_suave_pretrain_finetune_evaluate(tmp_path, cifar10_mini):
     assert results["knn"]["top1"] >= 20 and results["linear"]["top1"] >= 20
 
 
-def save_run_checkpoint(run_dir, method, cfg):
-    """``method`` as a run's last checkpoint (weights, identity, config), as training writes it."""
+def evaluate_as_run(tmp_path, method, cfg, *args):
+    """Save ``method`` as a run's last checkpoint (weights, identity, config, as training writes
+    it) and evaluate it with ``args``: (checkpoint path, results, saved validation features)."""
     from common.config import to_dict
 
-    path = run_dir / "checkpoints" / "last.pth"
+    path = tmp_path / "run" / "checkpoints" / "last.pth"
     path.parent.mkdir(parents=True)
     torch.save({"model": method.state_dict(), "meta": method.meta(), "config": to_dict(cfg),
                 "step": 0}, path)  # fmt: skip
-    return path
+    feats_file = tmp_path / "features.pt"
+    results = evaluate.main([str(path), "--num_workers", "0", *args,
+                             "--save_features", str(feats_file)])  # fmt: skip
+    return path, results, torch.load(feats_file)["val_features"]
 
 
 def val_images(root):
@@ -267,16 +271,13 @@ def test_evaluate_our_checkpoint_uses_the_evaluated_network(tmp_path, cifar10_mi
                           "train.batch_size_labeled=0", "suave.num_prototypes=7",
                           "suave.projector_hidden_dim=32", "suave.embed_dim=16"])  # fmt: skip
         method = Suave(cfg, 3)
-    path = save_run_checkpoint(tmp_path / "run", method, cfg)
-    feats_file = tmp_path / "features.pt"
-    results = evaluate.main([str(path), "--num_workers", "0", "--linear_wd", "0.1",
-                             "--save_features", str(feats_file)])  # fmt: skip
+    path, results, val_features = evaluate_as_run(tmp_path, method, cfg, "--linear_wd", "0.1")
     assert (tmp_path / "run" / "eval_last.json").is_file()  # next to the run, not in checkpoints/
 
     source, images = val_images(root)
     method.eval()
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(feats_file)["val_features"], method.features(images))
+        torch.testing.assert_close(val_features, method.features(images))
         predictions = method.classify(images).argmax(1)
     if kind == "daino":
         expected = 100 * (predictions == torch.as_tensor(source.targets)).float().mean().item()
@@ -331,15 +332,13 @@ def test_evaluate_supervised_baseline(tmp_path, cifar10_mini, head):
         "supervised.projector_hidden_dim=32", "supervised.embed_dim=16",
         "supervised.head_hidden_dim=32", "supervised.head_bottleneck_dim=16"])  # fmt: skip
     method = Supervised(cfg, 3)
-    path = save_run_checkpoint(tmp_path / "run", method, cfg)
-    feats_file = tmp_path / "features.pt"
-    results = evaluate.main([str(path), "--num_workers", "0", "--evaluators", "knn,prototype",
-                             "--save_features", str(feats_file)])  # fmt: skip
+    _, results, val_features = evaluate_as_run(tmp_path, method, cfg, "--evaluators",
+                                               "knn,prototype")  # fmt: skip
 
     source, images = val_images(root)
     method.eval()
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(feats_file)["val_features"], method.features(images))
+        torch.testing.assert_close(val_features, method.features(images))
         predictions = method.classify(images).argmax(1)
     expected = 100 * (predictions == torch.as_tensor(source.targets)).float().mean().item()
     assert results["format"] == "supervised" and results["num_prototypes"] == 3
