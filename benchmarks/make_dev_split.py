@@ -21,7 +21,9 @@ import random
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+from benchlib import ROOT  # noqa: F401  (puts the repository on sys.path)
+
+from common.data.sources import IMAGE_EXTENSIONS  # the files a run's ImageFolder loads
 
 
 class SplitError(ValueError):
@@ -37,7 +39,9 @@ def class_images(train: Path) -> dict[str, list[Path]]:
         raise SplitError(f"{train} has no class folders")
     images = {}
     for d in classes:
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            f for f in d.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
         if len(files) < 2:
             raise SplitError(f"class '{d.name}' has {len(files)} image(s); a split needs >= 2")
         images[d.name] = files
