@@ -68,15 +68,18 @@ def make_dev_split(src: Path, out: Path, val_fraction: float = 0.2, seed: int = 
     if not 0.0 < val_fraction < 1.0:
         raise SplitError(f"--val_fraction must be in (0, 1), got {val_fraction}")
     images = class_images(src / "train")
-    if out.exists() and any(out.iterdir()):
-        raise SplitError(f"{out} exists and is not empty; remove it or name another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SplitError(f"{out} exists and is not an empty folder; name another one")
     counts = {"train": 0, "val": 0}
     for name, files in images.items():
         for part, chosen in zip(("train", "val"), split_class(files, val_fraction, seed, name)):
             folder = out / part / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for f in chosen:
-                (folder / f.name).symlink_to(f.resolve())
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                for f in chosen:
+                    (folder / f.name).symlink_to(f.resolve())
+            except OSError as err:
+                raise SplitError(f"cannot write the split into {out}: {err}") from None
             counts[part] += len(chosen)
     counts["classes"] = len(images)
     return counts

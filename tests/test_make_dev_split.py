@@ -55,7 +55,9 @@ def test_same_seed_same_split_other_seed_other_split(tmp_path):
     [
         ("no_train", r"is not a folder: expected an ImageFolder"),
         ("one_image", r"class 'class0' has 1 image\(s\)"),
-        ("out_not_empty", r"exists and is not empty"),
+        ("out_not_empty", r"exists and is not an empty folder"),
+        ("out_is_file", r"exists and is not an empty folder"),
+        ("out_unwritable", r"cannot write the split into"),
         ("fraction", r"--val_fraction must be in \(0, 1\)"),
     ],
 )
@@ -70,6 +72,11 @@ def test_refusals_are_one_line(tmp_path, capsys, case, pattern):
     if case == "out_not_empty":
         out.mkdir()
         (out / "old").write_text("")
+    if case == "out_is_file":
+        out.write_text("")
+    if case == "out_unwritable":  # its parent is a file (root ignores permission bits)
+        (tmp_path / "a_file").write_text("")
+        argv[1] = str(tmp_path / "a_file" / "dev")
     if case == "fraction":
         argv += ["--val_fraction", "1.0"]
     assert make_dev_split.main(argv) == 2
