@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from common.errors import UserError
+from common.schedules import sigmoid_rampup
+
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over rows of -sum_k target_k log softmax(logits)_k (computed in float32)."""
@@ -80,6 +83,7 @@ def balanced_total(
     labeled: list[tuple[torch.Tensor, int]],
     unlabeled: list[tuple[torch.Tensor, int]],
     labeled_share: float = 0.0,
+    unlabeled_weight: float = 1.0,
 ) -> torch.Tensor:
     """Total loss with the labeled terms given ``labeled_share`` of the weight (0: per-sample).
 
@@ -87,7 +91,23 @@ def balanced_total(
     B_l / (B_l + B_u * crops) of the gradient: 20 % at 64 labeled + 64 x 4 unlabeled crops, so
     at small scale the classifier learns from its labels 5x slower than a supervised run would.
     A fixed share keeps that rate whatever the number of crops.
+
+    ``unlabeled_weight`` (a ramp-up, ``sigmoid_rampup``) scales the unlabeled terms after the
+    weighting, so that 1.0 is exactly the unramped total.
     """
+    if unlabeled_weight != 1.0:
+        unlabeled = [(loss * unlabeled_weight, n) for loss, n in unlabeled]
     if labeled_share <= 0 or not labeled or not unlabeled:
         return weighted_total(unlabeled + labeled)
     return labeled_share * weighted_total(labeled) + (1 - labeled_share) * weighted_total(unlabeled)
+
+
+def validate_rampup(section: str, rampup: float) -> None:
+    if not 0 <= rampup <= 1:
+        raise UserError(f"{section}.unlabeled_rampup must be in [0, 1] (a share of the steps)")
+
+
+def rampup_weight(rampup: float, ctx) -> float:
+    """The unlabeled loss's weight at this step: ``sigmoid_rampup`` over ``rampup`` of the run's
+    steps (``ctx``: a ``StepContext``); depends on the step only, so a resume continues it."""
+    return sigmoid_rampup(ctx.step, rampup * ctx.total_steps)

@@ -40,3 +40,16 @@ def linear_then_constant(
     values = np.full(total, float(end))
     values[:ramp] = np.linspace(start, end, ramp, endpoint=False) if ramp else values[:ramp]
     return values
+
+
+def sigmoid_rampup(step: int, rampup_steps: float) -> float:
+    """Weight of the unlabeled loss at ``step``: exp(-5 (1 - t)^2), t = step / rampup_steps
+    clipped to 1 (Laine & Aila's ramp-up, as Mean Teacher's); 1 from the start without a ramp.
+
+    The targets of the first steps come from a random network; a ramp lets the labeled images
+    line the prototypes / head up with the classes before those targets count in full.
+    """
+    if rampup_steps <= 0:
+        return 1.0
+    t = min(max(step / rampup_steps, 0.0), 1.0)
+    return float(np.exp(-5.0 * (1.0 - t) ** 2))

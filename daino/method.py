@@ -29,7 +29,9 @@ from common.losses import (
     balanced_total,
     labeled_loss,
     mixed_labels_loss,
+    rampup_weight,
     target_stats,
+    validate_rampup,
 )
 from common.method import EvalNetwork, Method, StepContext, StepOutput
 from common.mixup import MixupConfig, mix_permuted
@@ -78,10 +80,13 @@ class DainoConfig(MixupConfig):
     online_heads: bool = False
     # 0: per-sample weighting (paper); else the labeled terms' share of the loss (see Suave's)
     labeled_share: float = 0.0
+    # share of the run's steps over which the unlabeled loss ramps up (see Suave's; 0: none)
+    unlabeled_rampup: float = 0.0
 
     def validate(self) -> None:
         if not 0 <= self.labeled_share < 1:
             raise UserError("daino.labeled_share must be in [0, 1) (0: per-sample weighting)")
+        validate_rampup("daino", self.unlabeled_rampup)
         self.validate_mixup("daino")
         if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
             raise UserError("daino temperatures must be positive")
@@ -296,7 +301,8 @@ class Daino(Method):
             terms["loss_labeled_mix"] = loss_mix
             lab_terms.append((loss_mix, b_l))
         # per-sample mean over every image the student sees (or labeled_share for the labels)
-        total = balanced_total(lab_terms, [(loss_unl, b_u * n_crops)], d.labeled_share)
+        weight = rampup_weight(d.unlabeled_rampup, ctx)
+        total = balanced_total(lab_terms, [(loss_unl, b_u * n_crops)], d.labeled_share, weight)
 
         metrics = {
             "teacher_temp": self.loss.teacher_temperature(ctx.epoch),
@@ -310,6 +316,8 @@ class Daino(Method):
         if b_l:
             pred = lab_logits.detach().argmax(dim=1)
             metrics["train_labeled_acc"] = (pred == batch["labels"]).float().mean() * 100
+        if d.unlabeled_rampup:
+            metrics["unlabeled_weight"] = weight
         extra = None
         if heads is not None:  # clean labeled images only, features detached inside the heads
             extra = heads.loss({k: t[:b_l] for k, t in taps.items()}, batch["labels"])

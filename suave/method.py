@@ -30,8 +30,10 @@ from common.losses import (
     balanced_total,
     labeled_loss,
     mixed_labels_loss,
+    rampup_weight,
     soft_cross_entropy,
     target_stats,
+    validate_rampup,
 )
 from common.method import EvalNetwork, Method, StepContext, StepOutput
 from common.mixup import MixupConfig, mix_permuted
@@ -80,10 +82,13 @@ class SuaveConfig(MixupConfig):
     # 0: every sample of the step weighs the same (paper); else the labeled terms' share of the
     # total loss (CPU recipes: the per-sample share is ~20 %, which slows the classifier down)
     labeled_share: float = 0.0
+    # share of the run's steps over which the unlabeled loss ramps up (sigmoid_rampup; 0: none)
+    unlabeled_rampup: float = 0.0
 
     def validate(self) -> None:
         if not 0 <= self.labeled_share < 1:
             raise UserError("suave.labeled_share must be in [0, 1) (0: per-sample weighting)")
+        validate_rampup("suave", self.unlabeled_rampup)
         if self.temperature <= 0 or self.epsilon <= 0:
             raise UserError("suave.temperature and suave.epsilon must be positive")
         self.validate_mixup("suave")
@@ -365,11 +370,14 @@ class Suave(Method):
         if use_queue:  # this step's embeddings join the queue after its own codes are made
             self.queue.push([target_embeds[v].detach() for v in self.scfg.crops_for_assign])
         terms, lab_terms, unl_terms = self._terms(batch, x, scores, view_scores, codes)
-        total = balanced_total(lab_terms, unl_terms, self.scfg.labeled_share)
+        weight = rampup_weight(self.scfg.unlabeled_rampup, ctx)
+        total = balanced_total(lab_terms, unl_terms, self.scfg.labeled_share, weight)
         # Are the Sinkhorn-Knopp codes informative (entropy far below ln K, many prototypes used,
         # and with prototype k = class k, how often their top class is the image's: target_acc)?
         truth = batch.get("unlabeled_labels") if self.supervised else None
         metrics = target_stats(torch.cat(list(codes.values())), truth)
+        if self.scfg.unlabeled_rampup:
+            metrics["unlabeled_weight"] = weight
         if x.b_l:
             pred = x.take("lab", scores).detach().argmax(dim=1)
             # a tensor: read back on logging steps only (no host sync per step)
