@@ -3,6 +3,7 @@ same ones on every machine, and refuses what it cannot split with a one-line mes
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -82,7 +83,7 @@ def test_refusals_are_one_line(tmp_path, capsys, case, pattern):
     assert make_dev_split.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("make_dev_split: ")
-    assert __import__("re").search(pattern, err), err
+    assert re.search(pattern, err), err
 
 
 def test_command_prints_the_counts(tmp_path, capsys):
