@@ -501,6 +501,7 @@ class Trainer:
                 return summary
             summary.update(self._end_epoch(epoch, step, last_step))
         summary["step"] = step
+        summary["steps_per_epoch"] = self.spe  # scripts/demo.py sizes its runs with it
         log.info("finished at step %d: %s", step, summary)
         if dist.is_main() and self.log_cfg.plots:
             plot_run_quietly(self.run_dir)

@@ -1,7 +1,7 @@
 """The demo: a method and the supervised-only baseline on the same labels, backbone and steps.
 
   python scripts/demo.py [--method suave|daino] [--config YAML] [--name NAME]
-                        [--output_dir runs] [a.b=c ...]
+                        [--output_dir runs] [--budget_minutes M [--started_at T]] [a.b=c ...]
 
 Reads the method's recipe (``--config``; default ``<method>/configs/cpu_demo.yaml``; demo.sh
 passes ``suave/configs/demo_cifar10.yaml``) and derives the baseline from it: same data,
@@ -12,13 +12,25 @@ would use). Both runs evaluate on ``val/`` every ``train.eval_every_epochs`` epo
 curves. The last three lines printed are the two accuracies and the gap, read from
 each run's ``summary.json``. Overrides apply to both runs (``suave.``/``daino.`` ones to the
 method only).
+
+``--budget_minutes M`` (demo.sh: 10, counted from ``--started_at``, the Unix time demo.sh
+started, set-up included) sizes both runs to the machine: the method's gap over the baseline
+grows with the number of steps while the baseline's accuracy stays flat (benchmarks/RESULTS.md,
+issue 15), so the demo spends its minutes on steps. Short probe runs of each side measure the
+seconds per step and the fixed cost of a run; the runs then get the most epochs whose predicted
+time fits 90 % of the minutes left (the rest absorbs validation, plots and the machine's
+jitter), at most 2x the recipe's. ``train.epochs=N`` on the command line turns this off, and
+rerunning with the printed ``train.epochs`` repeats a budgeted demo exactly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +82,65 @@ def resolved(cls, config: Path, overrides: list[str]) -> dict:
     return to_dict(load_config(cls, config, overrides))
 
 
+def write_twin(method: str, cls, config: Path, overrides: list[str], out: Path) -> dict:
+    """Resolve the method's recipe with the overrides, write its twin to out/supervised.yaml,
+    and return the resolved recipe."""
+    recipe = resolved(cls, config, overrides)
+    twin = baseline_recipe(method, recipe)
+    (out / "supervised.yaml").write_text(yaml.safe_dump(twin, sort_keys=False))
+    return recipe
+
+
+# Probe lengths (training steps). The first probe of a side pays its one-off costs (lazy imports,
+# kernel selection for each input shape) and is not timed; the time difference of the other two
+# is the cost of the steps between them, free of the start-up and final validation both pay.
+WARMUP_STEPS, PROBE_STEPS = 2, (10, 40)
+PLAN_SHARE = 0.9  # of the minutes left: the rest is for validation, plots and jitter
+MAX_EPOCH_FACTOR = 2  # a fast machine stops at twice the recipe's epochs, not at the budget
+
+
+@dataclass
+class RunSpeed:
+    """One side of the demo on this machine: training seconds per step, seconds a run costs
+    besides its steps (start-up and one validation), its steps per epoch and how many epochs
+    apart it validates."""
+
+    seconds_per_step: float
+    overhead_s: float
+    steps_per_epoch: int
+    eval_every_epochs: int = 1
+
+    def predicted_seconds(self, epochs: int) -> float:
+        """A run of ``epochs``: its steps, its start-up, and each validation charged as much as
+        a start-up and a validation together (an upper bound: the probes time them as one)."""
+        evals = epochs // max(self.eval_every_epochs, 1)
+        steps = epochs * self.steps_per_epoch
+        return self.overhead_s * (1 + evals) + steps * self.seconds_per_step
+
+
+def speed_from_probes(
+    short: tuple[int, float], long: tuple[int, float], spe: int, eval_every: int
+) -> RunSpeed:
+    """Per-step and fixed cost from two probes ((steps, seconds) each) of the same run."""
+    (n1, t1), (n2, t2) = short, long
+    per_step = (t2 - t1) / (n2 - n1) if n2 > n1 else 0.0
+    if per_step <= 0:  # timing noise over a tiny run: charge everything to the steps
+        per_step = t2 / max(n2, 1)
+    return RunSpeed(per_step, max(t1 - n1 * per_step, 0.0), spe, eval_every)
+
+
+def plan_epochs(seconds_left: float, speeds: list[RunSpeed], recipe_epochs: int) -> int:
+    """The most epochs (>= 1, <= MAX_EPOCH_FACTOR x the recipe's) whose predicted time for all
+    runs fits PLAN_SHARE of ``seconds_left``."""
+    usable = PLAN_SHARE * seconds_left
+    fits = 0
+    for epochs in range(1, MAX_EPOCH_FACTOR * recipe_epochs + 1):
+        if sum(s.predicted_seconds(epochs) for s in speeds) > usable:
+            break
+        fits = epochs
+    return max(1, fits)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--method", choices=("suave", "daino"), default="suave")
@@ -77,8 +148,76 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "cpu_demo.yaml)")  # fmt: skip
     p.add_argument("--name", default="demo", help="folder under --output_dir for both runs")
     p.add_argument("--output_dir", default="runs")
+    p.add_argument("--budget_minutes", type=float, default=0.0, help="size both runs to fit "
+                   "this many minutes from --started_at (0: the recipe's epochs)")  # fmt: skip
+    p.add_argument("--started_at", type=float, default=None, help="Unix time the budget "
+                   "started (default: now)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="a.b=c overrides")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.budget_minutes < 0:
+        raise UserError("--budget_minutes must be >= 0")
+    return args
+
+
+def train_side(side: tuple, out: Path, name: str, extra: list[str]) -> tuple[dict, float]:
+    """Train one side (label, config class, builder, config file, overrides) under ``out/name``;
+    returns its summary and wall time."""
+    label, run_cls, run_build, cfg_file, overrides = side
+    tic = time.perf_counter()
+    summary = train_main(
+        ["--config", str(cfg_file), "--output_dir", str(out), "--name", name, *overrides, *extra],
+        run_cls, run_build, f"demo: {label}",
+    )  # fmt: skip
+    return summary, time.perf_counter() - tic
+
+
+def measure_speeds(sides: list[tuple], out: Path) -> dict[str, RunSpeed]:
+    """Three short probe runs of each side (under ``out/speed_probe``, removed afterwards)."""
+    probe_dir, speeds = out / "speed_probe", {}
+    # no validation but the final one in a probe: RunSpeed charges the run's own separately
+    quiet = ["log.plots=false", "log.wandb_mode=disabled", "train.checkpoint_every_steps=0",
+             "train.eval_every_epochs=1000000"]  # fmt: skip
+    try:
+        for side in sides:
+            timed = []
+            for steps in (WARMUP_STEPS, *PROBE_STEPS):
+                summary, seconds = train_side(side, probe_dir, f"{side[0]}_{steps}",
+                                              [f"train.max_steps={steps}", *quiet])  # fmt: skip
+                timed.append((summary["step"], seconds))
+            every = resolved(side[1], side[3], side[4])["train"]["eval_every_epochs"]
+            speeds[side[0]] = speed_from_probes(*timed[1:], summary["steps_per_epoch"], every)
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+    return speeds
+
+
+def demo_sides(method: str, cls, build, config: Path, overrides: list[str], out: Path) -> list:
+    """(label, config class, builder, config file, overrides) of the twin, then the method."""
+    return [("supervised", *method_entry("supervised"), out / "supervised.yaml", []),
+            (method, cls, build, config, overrides)]  # fmt: skip
+
+
+def plan_budget(args, method_side: tuple, recipe: dict, out: Path, started: float) -> dict:
+    """Measure both sides on this machine and choose the epochs that fit the budget; writes
+    and returns the plan (``out/budget.json``) and prints it in one line."""
+    cls, build, config, overrides = method_side
+    sides = demo_sides(args.method, cls, build, config, overrides, out)
+    speeds = measure_speeds(sides, out)
+    left = args.budget_minutes * 60 - (time.time() - started)
+    recipe_epochs = recipe["train"]["epochs"]
+    epochs = plan_epochs(left, list(speeds.values()), recipe_epochs)
+    plan = {"budget_minutes": args.budget_minutes, "seconds_left": round(left, 1),
+            "recipe_epochs": recipe_epochs, "epochs": epochs,
+            "speeds": {label: asdict(speed) for label, speed in speeds.items()},
+            "planned_seconds": {label: round(s.predicted_seconds(epochs), 1)
+                                for label, s in speeds.items()}}  # fmt: skip
+    (out / "budget.json").write_text(json.dumps(plan, indent=2))
+    spe = speeds[args.method].steps_per_epoch
+    cost = ", ".join(f"{label} {s.seconds_per_step:.3f} s" for label, s in speeds.items())
+    print(f"budget: {left:.0f} s of {args.budget_minutes:g} min left; per step: {cost}; planned "
+          f"{epochs} epochs = {epochs * spe} steps per run (recipe: {recipe_epochs}); repeat "
+          f"with train.epochs={epochs}", flush=True)  # fmt: skip
+    return plan
 
 
 @run_cli
@@ -91,18 +230,20 @@ def main(argv=None) -> dict:
     others = {"suave", "daino", "supervised"} - {args.method}
     mine = [o for o in args.overrides if o.split(".")[0] not in others]
     # Resolve the method's recipe with the overrides and derive the twin (which evaluates as often).
-    recipe = resolved(cls, config, mine)
-    twin = baseline_recipe(args.method, recipe)
-    (out / "supervised.yaml").write_text(yaml.safe_dump(twin, sort_keys=False))
-    summaries = {}
-    for label, run_cls, run_build, cfg_file, extra in (
-        ("supervised", *method_entry("supervised"), out / "supervised.yaml", []),
-        (args.method, cls, build, config, mine),
-    ):
-        summaries[label] = train_main(
-            ["--config", str(cfg_file), "--output_dir", str(out), "--name", label, *extra],
-            run_cls, run_build, f"demo: {label}",
-        )  # fmt: skip
+    recipe = write_twin(args.method, cls, config, mine, out)
+    plan = None
+    if args.budget_minutes and not any(o.startswith("train.epochs=") for o in mine):
+        started = time.time() if args.started_at is None else args.started_at
+        plan = plan_budget(args, (cls, build, config, mine), recipe, out, started)
+        mine = [*mine, f"train.epochs={plan['epochs']}"]  # both sides: the twin is derived
+        recipe = write_twin(args.method, cls, config, mine, out)
+    sides = demo_sides(args.method, cls, build, config, mine, out)
+    summaries, seconds = {}, {}
+    for side in sides:
+        summaries[side[0]], seconds[side[0]] = train_side(side, out, side[0], [])
+    if plan is not None:  # how the prediction held: measured against planned seconds per side
+        plan["seconds"] = {label: round(t, 1) for label, t in seconds.items()}
+        (out / "budget.json").write_text(json.dumps(plan, indent=2))
     runs = {label: out / label for label in summaries}
     for label, run in runs.items():
         summaries[label] = json.loads((run / "summary.json").read_text())
@@ -121,7 +262,7 @@ def main(argv=None) -> dict:
     print(f"supervised only: val top-1 {b['val_top1']:.2f}% after {b['step']} steps")
     print(f"{args.method}: val top-1 {s['val_top1']:.2f}% after {s['step']} steps")
     print(f"gap: {args.method} - supervised = {gap:+.2f} points")
-    return {"gap": gap, **summaries}
+    return {"gap": gap, "plan": plan, **summaries}
 
 
 if __name__ == "__main__":

@@ -93,3 +93,74 @@ def test_demo_twin_mirrors_the_methods_labeled_mixup(method, mix, expected):
     if expected != "none":
         assert twin["mixup_alpha"] == 0.4
     yaml.safe_dump(twin)  # plain data, as written to supervised.yaml
+
+
+def demo_module():
+    import sys
+
+    from tests.helpers import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import demo
+
+    return demo
+
+
+def test_demo_probe_speed_and_epoch_plan():
+    """Per-step cost from two probes' time difference; the plan is the most epochs whose
+    predicted time (steps, start-up, each validation) fits 90 % of the time left."""
+    demo = demo_module()
+    speed = demo.speed_from_probes((10, 3.0), (40, 9.0), spe=78, eval_every=2)
+    assert speed.seconds_per_step == pytest.approx(0.2) and speed.overhead_s == pytest.approx(1.0)
+    # 4 epochs: 312 steps x 0.2 s, start-up + 2 validations charged 1 s each
+    assert speed.predicted_seconds(4) == pytest.approx(312 * 0.2 + 3 * 1.0)
+    noisy = demo.speed_from_probes((10, 5.0), (40, 4.0), spe=78, eval_every=2)
+    assert noisy.seconds_per_step == pytest.approx(0.1) and noisy.overhead_s == pytest.approx(4.0)
+    twin = demo.speed_from_probes((10, 1.0), (40, 2.5), spe=78, eval_every=2)
+    speeds = [speed, twin]
+    for left in (100.0, 400.0, 600.0):
+        epochs = demo.plan_epochs(left, speeds, recipe_epochs=24)
+        assert sum(s.predicted_seconds(epochs) for s in speeds) <= 0.9 * left
+        assert sum(s.predicted_seconds(epochs + 1) for s in speeds) > 0.9 * left
+    assert demo.plan_epochs(1e6, speeds, recipe_epochs=24) == 48  # at most 2x the recipe
+    assert demo.plan_epochs(-5.0, speeds, recipe_epochs=24) == 1  # too slow: one epoch
+
+
+def test_demo_budget_sizes_both_runs_alike(tmp_path, cifar10_mini):
+    """With --budget_minutes the probes choose the epochs, both runs train that many, the plan
+    is printed and saved, the probe runs are removed; train.epochs=N turns the budget off."""
+    root = tiny_folder(tmp_path, cifar10_mini)
+    base = [a for a in TINY if not a.startswith("train.epochs=")]
+    # A budget already spent: the plan is one epoch (5 steps), whatever this machine's speed.
+    recipe = ["--config", "suave/configs/demo_cifar10.yaml"]  # demo.sh's, 24 epochs
+    proc = run_entry("scripts/demo.py", [*recipe, "--output_dir", str(tmp_path), "--name", "b",
+                     "--budget_minutes", "1", "--started_at", "0", f"data.root={root}", *base],
+                     timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "b"
+    plan = json.loads((out / "budget.json").read_text())
+    assert plan["epochs"] == 1 and plan["recipe_epochs"] == 24 and plan["seconds_left"] < 0
+    assert set(plan["speeds"]) == set(plan["seconds"]) == {"supervised", "suave"}
+    assert all(s["seconds_per_step"] > 0 and s["steps_per_epoch"] == 5
+               for s in plan["speeds"].values())  # fmt: skip
+    assert "planned 1 epochs = 5 steps per run" in proc.stdout
+    assert "repeat with train.epochs=1" in proc.stdout
+    assert not (out / "speed_probe").exists()
+    for label in ("supervised", "suave"):
+        summary = json.loads((out / label / "summary.json").read_text())
+        assert summary["step"] == summary["steps_per_epoch"] == 5
+    # An explicit number of epochs wins over the budget: no probes, no plan.
+    proc = run_entry("scripts/demo.py", [*recipe, "--output_dir", str(tmp_path), "--name", "e",
+                     "--budget_minutes", "1", f"data.root={root}", *base, "train.epochs=2"],
+                     timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "e" / "budget.json").exists() and "budget:" not in proc.stdout
+    for label in ("supervised", "suave"):
+        assert json.loads((tmp_path / "e" / label / "summary.json").read_text())["step"] == 10
+
+
+def test_demo_refuses_a_negative_budget():
+    from tests.helpers import assert_one_line_error
+
+    proc = run_entry("scripts/demo.py", ["--budget_minutes", "-1"])
+    assert_one_line_error(proc, "--budget_minutes must be >= 0")
