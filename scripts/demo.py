@@ -214,6 +214,9 @@ def plan_budget(args, method_side: tuple, recipe: dict, out: Path, started: floa
     (out / "budget.json").write_text(json.dumps(plan, indent=2))
     spe = speeds[args.method].steps_per_epoch
     cost = ", ".join(f"{label} {s.seconds_per_step:.3f} s" for label, s in speeds.items())
+    if sum(s.predicted_seconds(epochs) for s in speeds.values()) > PLAN_SHARE * left:
+        print(f"warning: not even one epoch fits the {left:.0f} s left of the budget; running "
+              "one (the demo will take longer than its budget)", flush=True)  # fmt: skip
     print(f"budget: {left:.0f} s of {args.budget_minutes:g} min left; per step: {cost}; planned "
           f"{epochs} epochs = {epochs * spe} steps per run (recipe: {recipe_epochs}); repeat "
           f"with train.epochs={epochs}", flush=True)  # fmt: skip

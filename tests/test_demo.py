@@ -144,6 +144,7 @@ def test_demo_budget_sizes_both_runs_alike(tmp_path, cifar10_mini):
     assert all(s["seconds_per_step"] > 0 and s["steps_per_epoch"] == 5
                for s in plan["speeds"].values())  # fmt: skip
     assert "planned 1 epochs = 5 steps per run" in proc.stdout
+    assert "warning: not even one epoch fits" in proc.stdout  # said, not hidden
     assert "repeat with train.epochs=1" in proc.stdout
     assert not (out / "speed_probe").exists()
     for label in ("supervised", "suave"):
