@@ -177,6 +177,7 @@ def measure_speeds(sides: list[tuple], out: Path) -> dict[str, RunSpeed]:
     # no validation but the final one in a probe: RunSpeed charges the run's own separately
     quiet = ["log.plots=false", "log.wandb_mode=disabled", "train.checkpoint_every_steps=0",
              "train.eval_every_epochs=1000000"]  # fmt: skip
+    shutil.rmtree(probe_dir, ignore_errors=True)  # a killed demo's probes: not runs to resume
     try:
         for side in sides:
             timed = []
