@@ -171,8 +171,10 @@ def train_side(side: tuple, out: Path, name: str, extra: list[str]) -> tuple[dic
     return summary, time.perf_counter() - tic
 
 
-def measure_speeds(sides: list[tuple], out: Path) -> dict[str, RunSpeed]:
-    """Three short probe runs of each side (under ``out/speed_probe``, removed afterwards)."""
+def measure_speeds(sides: list[tuple], out: Path, eval_every: int) -> dict[str, RunSpeed]:
+    """Three short probe runs of each side (under ``out/speed_probe``, removed afterwards);
+    ``eval_every``: the epochs between validations, the same for both sides (the twin's
+    ``train`` section is the method's)."""
     probe_dir, speeds = out / "speed_probe", {}
     # no validation but the final one in a probe: RunSpeed charges the run's own separately
     quiet = ["log.plots=false", "log.wandb_mode=disabled", "train.checkpoint_every_steps=0",
@@ -185,8 +187,8 @@ def measure_speeds(sides: list[tuple], out: Path) -> dict[str, RunSpeed]:
                 summary, seconds = train_side(side, probe_dir, f"{side[0]}_{steps}",
                                               [f"train.max_steps={steps}", *quiet])  # fmt: skip
                 timed.append((summary["step"], seconds))
-            every = resolved(side[1], side[3], side[4])["train"]["eval_every_epochs"]
-            speeds[side[0]] = speed_from_probes(*timed[1:], summary["steps_per_epoch"], every)
+            spe = summary["steps_per_epoch"]
+            speeds[side[0]] = speed_from_probes(*timed[1:], spe, eval_every)
     finally:
         shutil.rmtree(probe_dir, ignore_errors=True)
     return speeds
@@ -198,24 +200,22 @@ def demo_sides(method: str, cls, build, config: Path, overrides: list[str], out:
             (method, cls, build, config, overrides)]  # fmt: skip
 
 
-def plan_budget(args, method_side: tuple, recipe: dict, out: Path, started: float) -> dict:
+def plan_budget(args, sides: list, recipe: dict, out: Path, started: float) -> dict:
     """Measure both sides on this machine and choose the epochs that fit the budget; writes
     and returns the plan (``out/budget.json``) and prints it in one line."""
-    cls, build, config, overrides = method_side
-    sides = demo_sides(args.method, cls, build, config, overrides, out)
-    speeds = measure_speeds(sides, out)
+    speeds = measure_speeds(sides, out, recipe["train"]["eval_every_epochs"])
     left = args.budget_minutes * 60 - (time.time() - started)
     recipe_epochs = recipe["train"]["epochs"]
     epochs = plan_epochs(left, list(speeds.values()), recipe_epochs)
+    predicted = {label: s.predicted_seconds(epochs) for label, s in speeds.items()}
     plan = {"budget_minutes": args.budget_minutes, "seconds_left": round(left, 1),
             "recipe_epochs": recipe_epochs, "epochs": epochs,
             "speeds": {label: asdict(speed) for label, speed in speeds.items()},
-            "planned_seconds": {label: round(s.predicted_seconds(epochs), 1)
-                                for label, s in speeds.items()}}  # fmt: skip
+            "planned_seconds": {label: round(t, 1) for label, t in predicted.items()}}  # fmt: skip
     (out / "budget.json").write_text(json.dumps(plan, indent=2))
     spe = speeds[args.method].steps_per_epoch
     cost = ", ".join(f"{label} {s.seconds_per_step:.3f} s" for label, s in speeds.items())
-    if sum(s.predicted_seconds(epochs) for s in speeds.values()) > PLAN_SHARE * left:
+    if sum(predicted.values()) > PLAN_SHARE * left:
         print(f"warning: not even one epoch fits the {left:.0f} s left of the budget; running "
               "one (the demo will take longer than its budget)", flush=True)  # fmt: skip
     print(f"budget: {left:.0f} s of {args.budget_minutes:g} min left; per step: {cost}; planned "
@@ -235,13 +235,14 @@ def main(argv=None) -> dict:
     mine = [o for o in args.overrides if o.split(".")[0] not in others]
     # Resolve the method's recipe with the overrides and derive the twin (which evaluates as often).
     recipe = write_twin(args.method, cls, config, mine, out)
+    sides = demo_sides(args.method, cls, build, config, mine, out)
     plan = None
     if args.budget_minutes and not any(o.startswith("train.epochs=") for o in mine):
         started = time.time() if args.started_at is None else args.started_at
-        plan = plan_budget(args, (cls, build, config, mine), recipe, out, started)
+        plan = plan_budget(args, sides, recipe, out, started)
         mine = [*mine, f"train.epochs={plan['epochs']}"]  # both sides: the twin is derived
         recipe = write_twin(args.method, cls, config, mine, out)
-    sides = demo_sides(args.method, cls, build, config, mine, out)
+        sides = demo_sides(args.method, cls, build, config, mine, out)
     summaries, seconds = {}, {}
     for side in sides:
         summaries[side[0]], seconds[side[0]] = train_side(side, out, side[0], [])
