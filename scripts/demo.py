@@ -129,13 +129,16 @@ def speed_from_probes(
     return RunSpeed(per_step, max(t1 - n1 * per_step, 0.0), spe, eval_every)
 
 
+def fits_budget(seconds_left: float, speeds: list[RunSpeed], epochs: int) -> bool:
+    """Whether all runs of ``epochs`` are predicted to fit PLAN_SHARE of ``seconds_left``."""
+    return sum(s.predicted_seconds(epochs) for s in speeds) <= PLAN_SHARE * seconds_left
+
+
 def plan_epochs(seconds_left: float, speeds: list[RunSpeed], recipe_epochs: int) -> int:
-    """The most epochs (>= 1, <= MAX_EPOCH_FACTOR x the recipe's) whose predicted time for all
-    runs fits PLAN_SHARE of ``seconds_left``."""
-    usable = PLAN_SHARE * seconds_left
+    """The most epochs (>= 1, <= MAX_EPOCH_FACTOR x the recipe's) that ``fits_budget``."""
     fits = 0
     for epochs in range(1, MAX_EPOCH_FACTOR * recipe_epochs + 1):
-        if sum(s.predicted_seconds(epochs) for s in speeds) > usable:
+        if not fits_budget(seconds_left, speeds, epochs):
             break
         fits = epochs
     return max(1, fits)
@@ -207,15 +210,15 @@ def plan_budget(args, sides: list, recipe: dict, out: Path, started: float) -> d
     left = args.budget_minutes * 60 - (time.time() - started)
     recipe_epochs = recipe["train"]["epochs"]
     epochs = plan_epochs(left, list(speeds.values()), recipe_epochs)
-    predicted = {label: s.predicted_seconds(epochs) for label, s in speeds.items()}
     plan = {"budget_minutes": args.budget_minutes, "seconds_left": round(left, 1),
             "recipe_epochs": recipe_epochs, "epochs": epochs,
             "speeds": {label: asdict(speed) for label, speed in speeds.items()},
-            "planned_seconds": {label: round(t, 1) for label, t in predicted.items()}}  # fmt: skip
+            "planned_seconds": {label: round(s.predicted_seconds(epochs), 1)
+                                for label, s in speeds.items()}}  # fmt: skip
     (out / "budget.json").write_text(json.dumps(plan, indent=2))
     spe = speeds[args.method].steps_per_epoch
     cost = ", ".join(f"{label} {s.seconds_per_step:.3f} s" for label, s in speeds.items())
-    if sum(predicted.values()) > PLAN_SHARE * left:
+    if not fits_budget(left, list(speeds.values()), epochs):  # plan_epochs' floor of 1
         print(f"warning: not even one epoch fits the {left:.0f} s left of the budget; running "
               "one (the demo will take longer than its budget)", flush=True)  # fmt: skip
     print(f"budget: {left:.0f} s of {args.budget_minutes:g} min left; per step: {cost}; planned "
