@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--small_conv_wgrad", choices=("native", "swapped"), default="native",
+                   help="train.small_conv_wgrad (swapped: CPU bf16 only)")  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
@@ -68,7 +70,7 @@ def run_config(method: str, args, device: torch.device):
     train = dict(
         epochs=1, batch_size_unlabeled=b_u, batch_size_labeled=b_l, precision=args.precision,
         channels_last=args.channels_last, compile=args.compile, device=device.type,
-        sync_bn=False,
+        sync_bn=False, small_conv_wgrad=args.small_conv_wgrad,
     )  # fmt: skip
     sections = {"data": data, "model": {"backbone": args.backbone}, "train": train}
     if method == "suave":
@@ -360,7 +362,8 @@ def main(argv=None) -> dict:
         f"setup: backbone {args.backbone}, crops {args.num_global}x{args.global_size} + "
         f"{args.num_local}x{args.local_size} px, batch {args.batch} (unlabeled+labeled), "
         f"K={args.num_classes}, precision {args.precision}, channels_last {args.channels_last}, "
-        f"compile {args.compile}, {args.reps} interleaved reps (median [IQR] {args.clock} seconds)"
+        f"compile {args.compile}, small_conv_wgrad {args.small_conv_wgrad}, {args.reps} "
+        f"interleaved reps (median [IQR] {args.clock} seconds)"
     )
     results = {}
     for b in benches:

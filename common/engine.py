@@ -38,6 +38,7 @@ from common.errors import NonFiniteLossError, UserError
 from common.logging_utils import MetricsCSV, WandbLogger
 from common.method import Method, StepContext
 from common.models.online_heads import head_param_groups, metric_names
+from common.models.small_conv_wgrad import use_small_conv_wgrad
 from common.models.sync_bn import convert_sync_batchnorm
 from common.optim import build_optimizer, param_groups
 from common.plots import plot_run_quietly
@@ -254,6 +255,8 @@ class Trainer:
         method.to(self.device)
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
+        if cfg.small_conv_wgrad == "swapped":  # a no-op off the CPU or without bf16 autocast
+            use_small_conv_wgrad(method)
         if self.world > 1 and cfg.sync_bn:
             method.replace_trainable(convert_sync_batchnorm(method.trainable, self.device))
         if self.device.type == "cuda":
