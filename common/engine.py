@@ -241,6 +241,7 @@ class Trainer:
         self.health_ref = max_abs_weight(method.trainable.parameters())
         self.stable_step: int | None = None  # step of checkpoints/stable.pth, if sane weights
         self.last_loss = None
+        self.val_seconds: float | None = None
         # (step, term names, device flags) of steps whose finite check is not yet read back
         self._pending_finite: list[tuple[int, list[str], torch.Tensor]] = []
         log.info(
@@ -505,6 +506,8 @@ class Trainer:
             summary.update(self._end_epoch(epoch, step, last_step))
         summary["step"] = step
         summary["steps_per_epoch"] = self.spe  # scripts/demo.py sizes its runs with it
+        if self.val_seconds is not None:  # wall seconds of the last validation (demo.py's too)
+            summary["val_seconds"] = round(self.val_seconds, 3)
         log.info("finished at step %d: %s", step, summary)
         if dist.is_main() and self.log_cfg.plots:
             plot_run_quietly(self.run_dir)
@@ -585,7 +588,11 @@ class Trainer:
         ):
             self.save(step)
         if should_evaluate(step, last_step, self.spe, cfg.eval_every_epochs):
-            row.update(self.evaluate(epoch, step))
+            tic = time.perf_counter()
+            result = self.evaluate(epoch, step)
+            if result:
+                self.val_seconds = time.perf_counter() - tic
+            row.update(result)
         if dist.is_main() and len(row) > 2:
             self.epoch_csv.write(row)
             if self.wandb:

@@ -17,10 +17,10 @@ method only).
 started, set-up included) sizes both runs to the machine: the method's gap over the baseline
 grows with the number of steps while the baseline's accuracy stays flat (benchmarks/RESULTS.md,
 issue 15), so the demo spends its minutes on steps. Short probe runs of each side measure the
-seconds per step and the fixed cost of a run; the runs then get the most epochs whose predicted
-time fits 90 % of the minutes left (the rest absorbs validation, plots and the machine's
-jitter), at most 2x the recipe's. ``train.epochs=N`` on the command line turns this off, and
-rerunning with the printed ``train.epochs`` repeats a budgeted demo exactly.
+seconds per step, the fixed cost of a run and one validation's; the runs then get the most epochs
+whose predicted time fits 90 % of the minutes left (the rest absorbs plots, checkpoints and the
+machine's jitter), at most 2x the recipe's. ``train.epochs=N`` on the command line turns this
+off, and rerunning with the printed ``train.epochs`` repeats a budgeted demo exactly.
 """
 
 from __future__ import annotations
@@ -95,38 +95,42 @@ def write_twin(method: str, cls, config: Path, overrides: list[str], out: Path) 
 # kernel selection for each input shape) and is not timed; the time difference of the other two
 # is the cost of the steps between them, free of the start-up and final validation both pay.
 WARMUP_STEPS, PROBE_STEPS = 2, (10, 40)
-PLAN_SHARE = 0.9  # of the minutes left: the rest is for validation, plots and jitter
+PLAN_SHARE = 0.9  # of the minutes left: the rest is for plots, checkpoints and jitter
 MAX_EPOCH_FACTOR = 2  # a fast machine stops at twice the recipe's epochs, not at the budget
 
 
 @dataclass
 class RunSpeed:
     """One side of the demo on this machine: training seconds per step, seconds a run costs
-    besides its steps (start-up and one validation), its steps per epoch and how many epochs
-    apart it validates."""
+    besides its steps (start-up and its final validation), the seconds of one validation, its
+    steps per epoch and how many epochs apart it validates."""
 
     seconds_per_step: float
     overhead_s: float
+    val_s: float
     steps_per_epoch: int
     eval_every_epochs: int = 1
 
     def predicted_seconds(self, epochs: int) -> float:
-        """A run of ``epochs``: its steps, its start-up, and each validation charged as much as
-        a start-up and a validation together (an upper bound: the probes time them as one)."""
-        evals = epochs // max(self.eval_every_epochs, 1)
+        """A run of ``epochs``: its steps, its start-up and final validation, and the
+        validations before the last epoch (every ``eval_every_epochs``; one at the last epoch
+        is the final one)."""
+        earlier_evals = (epochs - 1) // max(self.eval_every_epochs, 1)
         steps = epochs * self.steps_per_epoch
-        return self.overhead_s * (1 + evals) + steps * self.seconds_per_step
+        return self.overhead_s + earlier_evals * self.val_s + steps * self.seconds_per_step
 
 
 def speed_from_probes(
-    short: tuple[int, float], long: tuple[int, float], spe: int, eval_every: int
+    short: tuple[int, float], long: tuple[int, float], spe: int, eval_every: int, val_s: float
 ) -> RunSpeed:
-    """Per-step and fixed cost from two probes ((steps, seconds) each) of the same run."""
+    """Per-step and fixed cost from two probes ((steps, seconds) each) of the same run;
+    ``val_s``: the seconds one of their validations took."""
     (n1, t1), (n2, t2) = short, long
     per_step = (t2 - t1) / (n2 - n1) if n2 > n1 else 0.0
     if per_step <= 0:  # timing noise over a tiny run: charge everything to the steps
         per_step = t2 / max(n2, 1)
-    return RunSpeed(per_step, max(t1 - n1 * per_step, 0.0), spe, eval_every)
+    overhead = max(t1 - n1 * per_step, 0.0)
+    return RunSpeed(per_step, overhead, min(val_s, overhead), spe, eval_every)
 
 
 def fits_budget(seconds_left: float, speeds: list[RunSpeed], epochs: int) -> bool:
@@ -185,13 +189,14 @@ def measure_speeds(sides: list[tuple], out: Path, eval_every: int) -> dict[str, 
     shutil.rmtree(probe_dir, ignore_errors=True)  # a killed demo's probes: not runs to resume
     try:
         for side in sides:
-            timed = []
+            timed, val_s = [], []
             for steps in (WARMUP_STEPS, *PROBE_STEPS):
                 summary, seconds = train_side(side, probe_dir, f"{side[0]}_{steps}",
                                               [f"train.max_steps={steps}", *quiet])  # fmt: skip
                 timed.append((summary["step"], seconds))
+                val_s.append(summary.get("val_seconds", 0.0))
             spe = summary["steps_per_epoch"]
-            speeds[side[0]] = speed_from_probes(*timed[1:], spe, eval_every)
+            speeds[side[0]] = speed_from_probes(*timed[1:], spe, eval_every, max(val_s[1:]))
     finally:
         shutil.rmtree(probe_dir, ignore_errors=True)
     return speeds

@@ -108,15 +108,21 @@ def demo_module():
 
 def test_demo_probe_speed_and_epoch_plan():
     """Per-step cost from two probes' time difference; the plan is the most epochs whose
-    predicted time (steps, start-up, each validation) fits 90 % of the time left."""
+    predicted time (steps, start-up, each validation at its own measured cost) fits 90 % of the
+    time left."""
     demo = demo_module()
-    speed = demo.speed_from_probes((10, 3.0), (40, 9.0), spe=78, eval_every=2)
+    speed = demo.speed_from_probes((10, 3.0), (40, 9.0), spe=78, eval_every=2, val_s=0.4)
     assert speed.seconds_per_step == pytest.approx(0.2) and speed.overhead_s == pytest.approx(1.0)
-    # 4 epochs: 312 steps x 0.2 s, start-up + 2 validations charged 1 s each
-    assert speed.predicted_seconds(4) == pytest.approx(312 * 0.2 + 3 * 1.0)
-    noisy = demo.speed_from_probes((10, 5.0), (40, 4.0), spe=78, eval_every=2)
+    assert speed.val_s == 0.4
+    # 4 epochs: 312 steps x 0.2 s, start-up + the final validation 1 s, the one after epoch 2
+    assert speed.predicted_seconds(4) == pytest.approx(312 * 0.2 + 1.0 + 0.4)
+    # 5 epochs: validations after epochs 2, 4 and the final one after 5
+    assert speed.predicted_seconds(5) == pytest.approx(390 * 0.2 + 1.0 + 2 * 0.4)
+    assert speed.predicted_seconds(1) == pytest.approx(78 * 0.2 + 1.0)
+    noisy = demo.speed_from_probes((10, 5.0), (40, 4.0), spe=78, eval_every=2, val_s=9.0)
     assert noisy.seconds_per_step == pytest.approx(0.1) and noisy.overhead_s == pytest.approx(4.0)
-    twin = demo.speed_from_probes((10, 1.0), (40, 2.5), spe=78, eval_every=2)
+    assert noisy.val_s == pytest.approx(4.0)  # never more than the start-up + validation it is in
+    twin = demo.speed_from_probes((10, 1.0), (40, 2.5), spe=78, eval_every=2, val_s=0.3)
     speeds = [speed, twin]
     for left in (100.0, 400.0, 600.0):
         epochs = demo.plan_epochs(left, speeds, recipe_epochs=24)
@@ -142,7 +148,7 @@ def test_demo_budget_sizes_both_runs_alike(tmp_path, cifar10_mini):
     assert plan["epochs"] == 1 and plan["recipe_epochs"] == 24 and plan["seconds_left"] < 0
     assert set(plan["speeds"]) == set(plan["seconds"]) == {"supervised", "suave"}
     assert all(s["seconds_per_step"] > 0 and s["steps_per_epoch"] == 5
-               for s in plan["speeds"].values())  # fmt: skip
+               and 0 <= s["val_s"] <= s["overhead_s"] for s in plan["speeds"].values())  # fmt: skip
     assert "planned 1 epochs = 5 steps per run" in proc.stdout
     assert "warning: not even one epoch fits" in proc.stdout  # said, not hidden
     assert "repeat with train.epochs=1" in proc.stdout
@@ -150,6 +156,7 @@ def test_demo_budget_sizes_both_runs_alike(tmp_path, cifar10_mini):
     for label in ("supervised", "suave"):
         summary = json.loads((out / label / "summary.json").read_text())
         assert summary["step"] == summary["steps_per_epoch"] == 5
+        assert summary["val_seconds"] > 0  # the engine times its validations for the plan
     # An explicit number of epochs wins over the budget: no probes, no plan.
     proc = run_entry("scripts/demo.py", [*recipe, "--output_dir", str(tmp_path), "--name", "e",
                      "--budget_minutes", "1", f"data.root={root}", *base, "train.epochs=2"],
