@@ -71,12 +71,14 @@ def tiny_batch(step: int) -> dict:
     }
 
 
+def step_loss(trainer: Trainer, step: int) -> float:
+    """Loss of one real ``Trainer.train_step`` on ``tiny_batch(step)`` (the update is made)."""
+    ctx = StepContext(step, 0, step, 10, 10, trainer.device, step_generator(0, step, 0))
+    return float(trainer.train_step(tiny_batch(step), ctx).loss.detach())
+
+
 def losses(trainer: Trainer, steps: int = 2) -> list[float]:
-    out = []
-    for step in range(steps):
-        ctx = StepContext(step, 0, step, 10, 10, trainer.device, step_generator(0, step, 0))
-        out.append(float(trainer.train_step(tiny_batch(step), ctx).loss.detach()))
-    return out
+    return [step_loss(trainer, step) for step in range(steps)]
 
 
 def flat_params(trainer: Trainer) -> torch.Tensor:

@@ -13,15 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from common.engine import step_generator
-from common.method import StepContext
 from common.models.small_conv_wgrad import (
     MAX_OUTPUT_PIXELS,
     SmallConvWGrad2d,
     output_pixels,
     use_small_conv_wgrad,
 )
-from tests.test_fast_paths import build, flat_params, tiny_batch
+from tests.test_fast_paths import build, flat_params, step_loss
 
 # (in, out, kernel, stride, padding, dilation, bias, input size)
 GEOMETRIES = [
@@ -51,11 +49,6 @@ def run(conv: nn.Module, x: torch.Tensor, grad: torch.Tensor, dtype=torch.bfloat
     (y.float() * grad).sum().backward()
     grads = {n: p.grad.clone() for n, p in conv.named_parameters()}
     return y, x.grad, grads
-
-
-def step_loss(trainer, step: int) -> float:
-    ctx = StepContext(step, 0, step, 10, 10, trainer.device, step_generator(0, step, 0))
-    return float(trainer.train_step(tiny_batch(step), ctx).loss.detach())
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
