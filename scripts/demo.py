@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 import yaml  # noqa: E402
 
 import common  # noqa: E402,F401  (torchvision compatibility shim)
+from common.engine import should_evaluate  # noqa: E402
 from common.errors import UserError, run_cli  # noqa: E402
 from common.mixup import labeled_mixup_settings  # noqa: E402
 from common.plots import plot_comparison, val_top1_per_epoch  # noqa: E402
@@ -113,10 +114,10 @@ class RunSpeed:
 
     def predicted_seconds(self, epochs: int) -> float:
         """A run of ``epochs``: its steps, its start-up and final validation, and the
-        validations before the last epoch (every ``eval_every_epochs``; one at the last epoch
-        is the final one)."""
-        earlier_evals = (epochs - 1) // max(self.eval_every_epochs, 1)
-        steps = epochs * self.steps_per_epoch
+        validations the engine runs at the ends of the epochs before the last."""
+        spe, steps = self.steps_per_epoch, epochs * self.steps_per_epoch
+        earlier_evals = sum(should_evaluate(epoch * spe, steps, spe, self.eval_every_epochs)
+                            for epoch in range(1, epochs))  # fmt: skip
         return self.overhead_s + earlier_evals * self.val_s + steps * self.seconds_per_step
 
 
