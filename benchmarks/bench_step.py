@@ -49,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--small_conv_wgrad", choices=("native", "swapped"), default="native",
-                   help="train.small_conv_wgrad (swapped: CPU bf16 only)")  # fmt: skip
+    p.add_argument("--small_conv_wgrad", choices=("native", "swapped", "auto"), default="native",
+                   help="train.small_conv_wgrad (swapped: CPU bf16 only; auto: swapped with "
+                   "AMX)")  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")

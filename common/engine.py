@@ -67,6 +67,24 @@ def fault_injection_hook(step: int) -> None:
                 os.kill(os.getpid(), sig)
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags from ``cpuinfo`` (Linux); empty where it cannot be read."""
+    try:
+        return set(cpuinfo.read_text().split())
+    except OSError:  # not Linux: no cheap way to tell
+        return set()
+
+
+def resolve_small_conv_wgrad(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """``auto``: ``swapped`` on a CPU with AMX (``amx_bf16``), the only kind it was measured
+    faster on (RESULTS.md part 16: -9 % per demo step), else ``native``. A rule on the machine,
+    as ``precision: auto`` is: a run resumed on a CPU of another kind may take the other kernel
+    (same values up to bf16 rounding)."""
+    if setting != "auto":
+        return setting
+    return "swapped" if "amx_bf16" in cpu_flags(cpuinfo) else "native"
+
+
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, ARM BF16). oneDNN's
     own check also says yes on AVX512 CPUs that only emulate bf16, where it is no faster, so on
@@ -78,10 +96,7 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return False
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
         return True  # ARM: oneDNN's check is the BF16 extension itself
-    try:
-        flags = cpuinfo.read_text().split()
-    except OSError:  # not Linux: no cheap way to tell, so no
-        return False
+    flags = cpu_flags(cpuinfo)  # empty off Linux: no cheap way to tell, so no
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -256,7 +271,10 @@ class Trainer:
         method.to(self.device)
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
-        if cfg.small_conv_wgrad == "swapped":  # a no-op off the CPU or without bf16 autocast
+        wgrad = resolve_small_conv_wgrad(cfg.small_conv_wgrad)
+        if cfg.small_conv_wgrad == "auto":
+            log.info("train.small_conv_wgrad auto -> %s", wgrad)
+        if wgrad == "swapped":  # a no-op off the CPU or without bf16 autocast
             use_small_conv_wgrad(method)
         if self.world > 1 and cfg.sync_bn:
             method.replace_trainable(convert_sync_batchnorm(method.trainable, self.device))

@@ -32,7 +32,8 @@ class TrainConfig:
     # "swapped": on a CPU under bf16, convolutions with <= 16 output pixels compute their weight
     # gradient as a convolution of the input by the output gradient (common/models/
     # small_conv_wgrad.py; oneDNN's own is 3-7x slower there). A rule, not a timing: resumable.
-    small_conv_wgrad: Literal["native", "swapped"] = "native"
+    # "auto": swapped on a CPU with AMX (where it was measured faster), native elsewhere.
+    small_conv_wgrad: Literal["native", "swapped", "auto"] = "native"
     compile: bool = False  # torch.compile the trainable network and any teacher/EMA copy
     cudnn_benchmark: bool = True  # CUDA: autotune conv kernels (multi-crop shapes are fixed)
     # CUDA fp32 matmuls: "high" allows TF32 tensor cores (~2x faster fp32 ViT steps, 10-bit

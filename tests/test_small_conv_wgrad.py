@@ -134,3 +134,29 @@ def test_trainer_step_with_swapped_weight_gradient(tmp_path, method):
     assert torch.nn.functional.cosine_similarity(d1, d0, dim=0) > 0.999
     assert l1[1] == pytest.approx(l0[1], rel=1e-2)
     assert l2 == l1 and torch.equal(d2, d1)
+
+
+def test_auto_swaps_on_amx_cpus_only(tmp_path):
+    """``auto`` takes the swapped kernel only where it was measured faster (a CPU with AMX);
+    AVX512-BF16 without AMX, or no readable flags, keep oneDNN's own; explicit values stand."""
+    from common.engine import resolve_small_conv_wgrad
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cases = {"fpu avx512f avx512_bf16 amx_bf16 amx_tile": "swapped",
+             "fpu avx512f avx512_bf16": "native", "fpu avx2": "native"}  # fmt: skip
+    for flags, expected in cases.items():
+        cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
+        assert resolve_small_conv_wgrad("auto", cpuinfo) == expected
+        for explicit in ("native", "swapped"):
+            assert resolve_small_conv_wgrad(explicit, cpuinfo) == explicit
+    assert resolve_small_conv_wgrad("auto", tmp_path / "missing") == "native"
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_trainer_with_auto_follows_the_cpu(tmp_path, monkeypatch, amx):
+    from common import engine
+
+    monkeypatch.setattr(engine, "cpu_flags", lambda *_: {"amx_bf16"} if amx else {"avx512_bf16"})
+    trainer = build("suave", tmp_path, "auto", precision="bf16", small_conv_wgrad="auto")
+    converted = [m for m in trainer.method.modules() if isinstance(m, SmallConvWGrad2d)]
+    assert bool(converted) is amx
