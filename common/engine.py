@@ -75,14 +75,17 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
         return set()
 
 
-def resolve_small_conv_wgrad(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """``auto``: ``swapped`` on a CPU with AMX (``amx_bf16``), the only kind it was measured
-    faster on (RESULTS.md part 16: -9 % per demo step), else ``native``. A rule on the machine,
-    as ``precision: auto`` is: a run resumed on a CPU of another kind may take the other kernel
-    (same values up to bf16 rounding)."""
+def resolve_small_conv_wgrad(
+    setting: str, device_type: str = "cpu", cpuinfo: Path = Path("/proc/cpuinfo")
+) -> str:
+    """``auto``: ``swapped`` when training on a CPU with AMX (``amx_bf16``), the only kind it was
+    measured faster on (RESULTS.md part 16: -9 % per demo step), else ``native``. A rule on the
+    machine, as ``precision: auto`` is: a run resumed on a CPU of another kind may take the other
+    kernel (same values up to bf16 rounding)."""
     if setting != "auto":
         return setting
-    return "swapped" if "amx_bf16" in cpu_flags(cpuinfo) else "native"
+    amx = device_type == "cpu" and "amx_bf16" in cpu_flags(cpuinfo)
+    return "swapped" if amx else "native"
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -271,7 +274,7 @@ class Trainer:
         method.to(self.device)
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
-        wgrad = resolve_small_conv_wgrad(cfg.small_conv_wgrad)
+        wgrad = resolve_small_conv_wgrad(cfg.small_conv_wgrad, self.device.type)
         if cfg.small_conv_wgrad == "auto":
             log.info("train.small_conv_wgrad auto -> %s", wgrad)
         if wgrad == "swapped":  # a no-op off the CPU or without bf16 autocast

@@ -137,8 +137,9 @@ def test_trainer_step_with_swapped_weight_gradient(tmp_path, method):
 
 
 def test_auto_swaps_on_amx_cpus_only(tmp_path):
-    """``auto`` takes the swapped kernel only where it was measured faster (a CPU with AMX);
-    AVX512-BF16 without AMX, or no readable flags, keep oneDNN's own; explicit values stand."""
+    """``auto`` takes the swapped kernel only where it was measured faster (training on a CPU
+    with AMX); AVX512-BF16 without AMX, no readable flags or a GPU run keep the native kernel;
+    explicit values stand."""
     from common.engine import resolve_small_conv_wgrad
 
     cpuinfo = tmp_path / "cpuinfo"
@@ -146,10 +147,11 @@ def test_auto_swaps_on_amx_cpus_only(tmp_path):
              "fpu avx512f avx512_bf16": "native", "fpu avx2": "native"}  # fmt: skip
     for flags, expected in cases.items():
         cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
-        assert resolve_small_conv_wgrad("auto", cpuinfo) == expected
+        assert resolve_small_conv_wgrad("auto", "cpu", cpuinfo) == expected
+        assert resolve_small_conv_wgrad("auto", "cuda", cpuinfo) == "native"  # a GPU run
         for explicit in ("native", "swapped"):
-            assert resolve_small_conv_wgrad(explicit, cpuinfo) == explicit
-    assert resolve_small_conv_wgrad("auto", tmp_path / "missing") == "native"
+            assert resolve_small_conv_wgrad(explicit, "cpu", cpuinfo) == explicit
+    assert resolve_small_conv_wgrad("auto", "cpu", tmp_path / "missing") == "native"
 
 
 @pytest.mark.parametrize("amx", [True, False])
